@@ -1,0 +1,583 @@
+"""The sweep driver: plan, schedule, write, report. No math lives here.
+
+``python -m dmfjax.sweep --spec experiments/quickstart.py --out results/qs``
+
+1. **Plan**: the spec is expanded into validated runs (``spec.expand``), the
+   runs already committed under ``--out`` are skipped, the rest (this shard's
+   share, by run_id hash) are grouped by static config into compiled groups,
+   and each group is cut into batches that fit the memory budget.
+2. **Schedule**: a batch is padded to a bucket size (a power of two times the
+   number of local devices), its run axis sharded over the devices
+   (``jax.sharding``, 1-D mesh), and advanced chunk by chunk; after each chunk
+   the host reads the statuses (one sync per chunk). When the running runs fit
+   a smaller bucket, the stopped ones are finalized and written and the running
+   ones repacked into the smaller batch, so stopped runs stop costing compute.
+   Bucket sizes repeat, so a shape seen once is never recompiled.
+3. **Write**: each finished set of runs is committed atomically to
+   ``runs/`` and ``trajectories/`` (``results.Writer``).
+4. **Report**: progress on stderr; at the end a depth-comparison table, and
+   with ``--report`` the figures and Markdown report (``dmfjax.report``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import os
+import pathlib
+import signal
+import sys
+import time
+from typing import Optional
+
+import numpy as np
+
+from dmfjax import results, spec as spec_lib
+
+# ---------------------------------------------------------------------------
+# Planning (host only: no JAX compile happens here).
+
+
+@dataclasses.dataclass
+class Group:
+  """Runs that share one compiled program."""
+  key: tuple
+  method: str
+  runs: list
+  per_run_bytes: int
+  batch_size: int = 0
+
+  @property
+  def label(self) -> str:
+    r = self.runs[0]
+    parts = [self.method, r["problem"], f"{r['n_rows']}x{r['n_cols']}",
+             f"n_obs={r['n_obs']}"]
+    if self.method == "dmf":
+      parts += [f"depth={r['depth']}", r["init"], r["optimizer"]]
+    return " ".join(str(p) for p in parts)
+
+  @property
+  def max_run_steps(self) -> int:
+    return sum(r["max_steps"] or 0 for r in self.runs)
+
+
+@dataclasses.dataclass
+class Plan:
+  runs: list            # every run of the spec (this shard's share)
+  todo: list            # runs not yet finished
+  groups: list          # groups of ``todo``
+  finished: set
+  num_devices: int
+  memory_budget: int
+  problems: list        # messages about skipped files
+
+
+STATIC_FIELDS = ("method", "problem", "n_rows", "n_cols", "rank", "n_obs",
+                 "symmetric", "depth", "width", "init", "optimizer", "log_every",
+                 "top_k", "alignment", "dtype", "nn_tol", "nn_max_iters", "data",
+                 "test_fraction")
+
+
+def group_key(run: dict) -> tuple:
+  key = tuple(run[f] for f in STATIC_FIELDS)
+  if run["problem"] == "ratings":  # one shared data split per batch
+    key += (run["problem_seed"],)
+  return key
+
+
+def bytes_per_run(run: dict) -> int:
+  """A rough upper estimate of device memory for one run of a batch."""
+  item = 8 if run["dtype"] == "float64" else 4
+  n, m, k = run["n_rows"], run["n_cols"], run["n_obs"]
+  problem = 5 * n * m  # mask, target, w_star (+ test mask/target)
+  if run["problem"] == "sensing":
+    problem = k * n * m + k + n * m
+  if run["method"] == "nuclear_norm":
+    work = 10 * n * m + (k * k if run["problem"] == "sensing" else 0)
+  else:
+    w = run["width"]
+    shapes = [(w, m)] + [(w, w)] * (run["depth"] - 2) + [(n, w)] if run["depth"] > 1 else [(n, m)]
+    params = sum(a * b for a, b in shapes)
+    opt = {"gd": 0, "group_rmsprop": 0}.get(run["optimizer"], 2)
+    # factors, gradients, new factors, selected copies, optimizer moments,
+    # activations of the product, SVD workspace.
+    work = (5 + opt) * params + 2 * run["depth"] * n * m + 4 * n * m
+  return item * (problem + work)
+
+
+def default_memory_budget() -> int:
+  """Bytes per device: 70% of an accelerator's memory, or 40% of host RAM."""
+  import jax
+  device = jax.local_devices()[0]
+  stats = device.memory_stats() if device.platform != "cpu" else None
+  if stats and stats.get("bytes_limit"):
+    return int(0.7 * stats["bytes_limit"])
+  ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+  return int(0.4 * ram / max(1, len(jax.local_devices())))
+
+
+def shard_of(run_id: str, num_shards: int) -> int:
+  return int(run_id, 16) % num_shards
+
+
+def bucket(count: int, num_devices: int) -> int:
+  """Smallest power of two times num_devices holding ``count`` runs."""
+  per_device = math.ceil(count / num_devices)
+  return num_devices * (1 << max(0, per_device - 1).bit_length())
+
+
+def _ratings_info(path, test_fraction):
+  from dmfjax import ratings
+  data = ratings.load(path)
+  n_test = int(round(test_fraction * len(data)))
+  return data.n_items, data.n_users, len(data) - n_test
+
+
+def plan(spec: spec_lib.Spec, out, num_shards: int = 1, shard_index: int = 0,
+         memory_budget: Optional[int] = None, num_devices: Optional[int] = None) -> Plan:
+  """Expands, filters and groups a spec. Raises SpecError on bad input."""
+  if not isinstance(num_shards, int) or num_shards < 1:
+    raise spec_lib.SpecError(f"num_shards: must be >= 1, got {num_shards}")
+  if not isinstance(shard_index, int) or not 0 <= shard_index < num_shards:
+    raise spec_lib.SpecError(f"shard_index: must be in [0, {num_shards}), got {shard_index}")
+  runs = spec_lib.expand(spec, _ratings_info)
+  runs = [r for r in runs if shard_of(r["run_id"], num_shards) == shard_index]
+  problems: list[str] = []
+  finished = results.finished_run_ids(out, problems) if out is not None else set()
+  todo = [r for r in runs if r["run_id"] not in finished]
+  if num_devices is None:
+    import jax
+    num_devices = len(jax.local_devices())
+  if memory_budget is None:
+    memory_budget = default_memory_budget()
+  groups: dict[tuple, Group] = {}
+  for r in sorted(todo, key=lambda r: (repr(group_key(r)), r["run_id"])):
+    key = group_key(r)
+    if key not in groups:
+      groups[key] = Group(key=key, method=r["method"], runs=[], per_run_bytes=bytes_per_run(r))
+    groups[key].runs.append(r)
+  for g in groups.values():
+    fit = max(1, memory_budget // max(1, g.per_run_bytes)) * num_devices
+    if fit < num_devices:
+      raise spec_lib.SpecError(
+          f"memory: one run of group [{g.label}] needs ~{g.per_run_bytes / 2**30:.2f} GiB, "
+          f"more than the budget of {memory_budget / 2**30:.2f} GiB per device")
+    cap = min(spec.max_batch, fit, len(g.runs))
+    g.batch_size = cap
+  return Plan(runs=runs, todo=todo, groups=list(groups.values()), finished=finished,
+              num_devices=num_devices, memory_budget=memory_budget, problems=problems)
+
+
+def describe(p: Plan, spec: spec_lib.Spec) -> str:
+  """The ``--dry_run`` text: runs, compiled groups, run-steps and memory."""
+  lines = [f"spec {spec.name}: {len(p.runs)} runs, {len(p.runs) - len(p.todo)} already "
+           f"finished, {len(p.todo)} to run in {len(p.groups)} compiled groups on "
+           f"{p.num_devices} device(s); memory budget "
+           f"{p.memory_budget / 2**30:.2f} GiB per device"]
+  total = 0
+  for g in p.groups:
+    batches = math.ceil(len(g.runs) / g.batch_size)
+    size = bucket(g.batch_size, p.num_devices)
+    total += g.max_run_steps
+    lines.append(f"  [{g.label}] {len(g.runs)} runs, {batches} batch(es) of <= {size}, "
+                 f"<= {g.max_run_steps:,} run-steps, ~{size * g.per_run_bytes / 2**20:,.0f} MiB"
+                 " per batch")
+  lines.append(f"  at most {total:,} run-steps in all (runs stop earlier at stop_loss)")
+  return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------
+# Execution.
+
+
+class Interrupted(Exception):
+  pass
+
+
+class Progress:
+  """Runs done/total, run-steps/s and ETA on stderr."""
+
+  def __init__(self, total_runs: int, stream=sys.stderr, every_s: float = 2.0):
+    self.total, self.done = total_runs, 0
+    self.useful = self.executed = 0
+    self.start = time.perf_counter()
+    self.stream, self.every_s, self.last = stream, every_s, 0.0
+    self.label = ""
+
+  def update(self, executed=0, useful=0, done=0, label=None, force=False):
+    self.executed += executed
+    self.useful += useful
+    self.done += done
+    if label:
+      self.label = label
+    now = time.perf_counter()
+    if force or now - self.last >= self.every_s:
+      self.last = now
+      elapsed = now - self.start
+      rate = self.executed / elapsed if elapsed > 0 else 0.0
+      eta = "?"
+      if self.done:
+        eta = f"{(self.total - self.done) * elapsed / self.done:,.0f}s"
+      print(f"[dmfjax] runs {self.done}/{self.total} | {rate:,.0f} run-steps/s | "
+            f"ETA {eta} | {self.label}", file=self.stream, flush=True)
+
+
+def _py(x):
+  if isinstance(x, np.generic):
+    return x.item()
+  return x
+
+
+def _float(x) -> float:
+  return float(np.asarray(x))
+
+
+class Executor:
+  """Runs the groups of a plan and commits their results."""
+
+  def __init__(self, plan_: Plan, spec: spec_lib.Spec, writer: results.Writer,
+               progress: Progress):
+    import jax
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+    self.jax = jax
+    self.plan, self.spec, self.writer, self.progress = plan_, spec, writer, progress
+    devices = jax.local_devices()[:plan_.num_devices]
+    self.sharding = NamedSharding(Mesh(np.array(devices), ("runs",)), PartitionSpec("runs"))
+    self.stop_requested = False
+
+  # -- helpers -------------------------------------------------------------
+
+  def _put(self, tree):
+    return self.jax.device_put(tree, self.sharding)
+
+  def _check_interrupt(self):
+    if self.stop_requested:
+      raise Interrupted()
+
+  def execute(self):
+    for g in self.plan.groups:
+      for start in range(0, len(g.runs), g.batch_size):
+        batch = g.runs[start:start + g.batch_size]
+        if g.method == "dmf":
+          self._run_dmf_batch(g, batch)
+        else:
+          self._run_nuclear_norm_batch(g, batch)
+        self._check_interrupt()
+
+  # -- deep matrix factorization -------------------------------------------
+
+  def _config(self, r):
+    from dmfjax.train import RunConfig
+    return RunConfig(problem=r["problem"], n_rows=r["n_rows"], n_cols=r["n_cols"],
+                     rank=r["rank"], n_obs=r["n_obs"], symmetric=r["symmetric"],
+                     depth=r["depth"], width=r["width"], init=r["init"],
+                     optimizer=r["optimizer"], log_every=r["log_every"],
+                     top_k=r["top_k"], alignment=r["alignment"], dtype=r["dtype"])
+
+  def _shared_problem(self, r):
+    from dmfjax import ratings
+    from dmfjax.numerics import resolve_dtype
+    if r["problem"] != "ratings":
+      return None
+    data = ratings.load(r["data"])
+    return ratings.problem(data, r["test_fraction"], r["problem_seed"],
+                           resolve_dtype(r["dtype"]))
+
+  def _run_dmf_batch(self, g: Group, batch: list):
+    jax = self.jax
+    from dmfjax import train
+    cfg = self._config(batch[0])
+    num_logs = max(1, math.ceil(self.spec.chunk_steps / cfg.log_every))
+    chunk = num_logs * cfg.log_every
+    problem = self._shared_problem(batch[0])
+    fns = train.batched(cfg, num_logs, shared_problem=problem is not None)
+    size = self.plan.num_devices * math.ceil(len(batch) / self.plan.num_devices)
+    slots = list(range(len(batch))) + [None] * (size - len(batch))
+    col = lambda f, pad: [batch[i][f] if i is not None else pad for i in slots]
+    hp = train.Hyperparams.make(
+        seed=col("seed", 0), problem_seed=col("problem_seed", 0),
+        init_scale=col("init_scale", 1.0), lr=col("lr", 0.0),
+        stop_loss=col("stop_loss", 0.0), max_steps=col("max_steps", 0),
+        divergence_factor=col("divergence_factor", 1e4), dtype=cfg.jnp_dtype)
+    t0 = time.perf_counter()
+    hp = self._put(hp)
+    state = fns.init(hp, problem) if problem is not None else fns.init(hp)
+    trajectories = {i: [] for i in range(len(batch))}
+    self._record(batch, slots, jax.device_get(fns.first_log(state)), trajectories,
+                 leading_axis=False)
+    self.progress.update(label=g.label, force=True)
+    while True:
+      state, logs = fns.advance(state)
+      logs = jax.device_get(logs)
+      status = np.asarray(logs.status[-1])
+      self._record(batch, slots, logs, trajectories, leading_axis=True)
+      self.progress.update(executed=size * chunk, label=g.label)
+      running = [s for s, i in enumerate(slots) if i is not None and status[s] == train.RUNNING]
+      interrupted = self.stop_requested
+      if not running or interrupted or bucket(len(running), self.plan.num_devices) < size:
+        summary = jax.device_get(fns.finalize(state))
+        done = [s for s, i in enumerate(slots)
+                if i is not None and status[s] != train.RUNNING]
+        self._commit(batch, slots, done, summary, trajectories, time.perf_counter() - t0)
+        if not running or interrupted:
+          return
+        new_size = bucket(len(running), self.plan.num_devices)
+        filler = next((s for s in range(size) if s not in running), running[0])
+        take = running + [filler] * (new_size - len(running))
+        state = self._put(jax.tree_util.tree_map(lambda x: x[np.asarray(take)], state))
+        slots = [slots[s] for s in running] + [None] * (new_size - len(running))
+        size = new_size
+
+  def _record(self, batch, slots, logs, trajectories, leading_axis: bool):
+    """Appends new (run, step) trajectory rows from host log records."""
+    steps = np.asarray(logs.step)
+    if not leading_axis:
+      logs = self.jax.tree_util.tree_map(lambda x: np.asarray(x)[None], logs)
+      steps = steps[None]
+    for t in range(steps.shape[0]):
+      for s, i in enumerate(slots):
+        if i is None:
+          continue
+        rows = trajectories[i]
+        step = int(steps[t, s])
+        if rows and rows[-1]["step"] == step:
+          continue
+        diag = logs.alignment_diag
+        rows.append(dict(
+            run_id=batch[i]["run_id"], step=step,
+            train_loss=_float(logs.train_loss[t, s]),
+            reconstruction_error=_float(logs.reconstruction_error[t, s]),
+            test_error=_float(logs.test_error[t, s]),
+            nuclear_norm=_float(logs.nuclear_norm[t, s]),
+            effective_rank=_float(logs.effective_rank[t, s]),
+            singular_values=np.asarray(logs.singular_values[t, s], np.float64).tolist(),
+            alignment_diag=(None if diag is None
+                            else np.asarray(diag[t, s], np.float64).tolist()),
+            alignment_offdiag=(None if logs.alignment_offdiag is None
+                               else _float(logs.alignment_offdiag[t, s]))))
+
+  def _commit(self, batch, slots, done, summary, trajectories, wall):
+    from dmfjax import train
+    rows, traj = [], []
+    for s in done:
+      i = slots[s]
+      r = batch[i]
+      status = train.STATUS_NAMES[int(summary.status[s])]
+      steps = int(summary.step[s])
+      rows.append(dict(
+          {k: _py(v) for k, v in r.items()}, status=status, steps=steps,
+          diverged_step=steps if status == "diverged" else None,
+          train_loss=_float(summary.train_loss[s]),
+          reconstruction_error=_float(summary.reconstruction_error[s]),
+          test_error=_float(summary.test_error[s]),
+          nuclear_norm=_float(summary.nuclear_norm[s]),
+          effective_rank=_float(summary.effective_rank[s]),
+          truth_nuclear_norm=_float(summary.truth_nuclear_norm[s]),
+          truth_effective_rank=_float(summary.truth_effective_rank[s]),
+          singular_values=np.asarray(summary.singular_values[s], np.float64).tolist(),
+          constraint_residual=_float(summary.constraint_residual[s]),
+          wall_seconds=wall))
+      traj.extend(trajectories.pop(i))
+      self.progress.useful += steps
+    self.writer.write(rows, traj)
+    self.progress.update(done=len(rows), force=True)
+
+  # -- minimum nuclear norm ------------------------------------------------
+
+  def _run_nuclear_norm_batch(self, g: Group, batch: list):
+    jax = self.jax
+    from dmfjax import train
+    from dmfjax.numerics import full_precision, resolve_dtype
+    r0 = batch[0]
+    dtype = resolve_dtype(r0["dtype"])
+    shared = self._shared_problem(r0)
+    size = bucket(len(batch), self.plan.num_devices)
+    seeds = [r["problem_seed"] for r in batch] + [batch[0]["problem_seed"]] * (size - len(batch))
+    cfg = train.RunConfig(problem=r0["problem"], n_rows=r0["n_rows"], n_cols=r0["n_cols"],
+                          rank=r0["rank"], n_obs=r0["n_obs"], symmetric=r0["symmetric"],
+                          dtype=r0["dtype"])
+    solve = nuclear_norm_batch(cfg, float(r0["nn_tol"]), int(r0["nn_max_iters"]),
+                               shared is not None)
+    t0 = time.perf_counter()
+    hp = self._put(train.Hyperparams.make(problem_seed=seeds, dtype=dtype))
+    with full_precision():
+      res, summary = jax.device_get(solve(hp, shared) if shared is not None else solve(hp))
+    wall = time.perf_counter() - t0
+    rows = []
+    for s, r in enumerate(batch):
+      rows.append(dict(
+          {k: _py(v) for k, v in r.items()},
+          status="converged" if bool(res.converged[s]) else "budget",
+          steps=int(res.iterations[s]), diverged_step=None,
+          train_loss=_float(summary.train_loss[s]),
+          reconstruction_error=_float(summary.reconstruction_error[s]),
+          test_error=_float(summary.test_error[s]),
+          nuclear_norm=_float(summary.nuclear_norm[s]),
+          effective_rank=_float(summary.effective_rank[s]),
+          truth_nuclear_norm=_float(summary.truth_nuclear_norm[s]),
+          truth_effective_rank=_float(summary.truth_effective_rank[s]),
+          singular_values=np.asarray(summary.singular_values[s], np.float64).tolist(),
+          solver_iterations=int(res.iterations[s]),
+          constraint_residual=_float(res.constraint_residual[s]),
+          optimality_gap=_float(res.optimality_gap[s]), wall_seconds=wall))
+    self.writer.write(rows, [])
+    self.progress.update(done=len(rows), label=g.label, force=True)
+
+
+@functools.lru_cache(maxsize=None)
+def nuclear_norm_batch(cfg, tol: float, max_iters: int, shared: bool):
+  """Jitted, vmapped: hyperparams (problem seeds) -> (solver result, summary)."""
+  import jax
+  from dmfjax import metrics, nuclear_norm, train
+
+  def one(hp, problem=None):
+    if problem is None:
+      problem = train.make_problem(cfg, hp)
+    res = nuclear_norm.solve(problem, tol=tol, max_iters=max_iters)
+    sigma = metrics.singular_values(res.w)
+    if problem.w_star is not None:
+      truth = metrics.singular_values(problem.w_star)
+      truth_nn, truth_er = metrics.nuclear_norm(truth), metrics.effective_rank(truth)
+      recon = metrics.reconstruction_error(res.w, problem.w_star)
+    else:
+      truth_nn = truth_er = recon = jax.numpy.asarray(jax.numpy.nan, res.w.dtype)
+    test = (metrics.masked_mse(res.w, problem.test_mask, problem.test_target)
+            if problem.test_mask is not None else jax.numpy.asarray(jax.numpy.nan, res.w.dtype))
+    summary = train.RunSummary(
+        step=res.iterations, status=jax.numpy.asarray(0), train_loss=problem.loss(res.w),
+        reconstruction_error=recon, test_error=test,
+        nuclear_norm=metrics.nuclear_norm(sigma), effective_rank=metrics.effective_rank(sigma),
+        singular_values=sigma, truth_nuclear_norm=truth_nn, truth_effective_rank=truth_er,
+        constraint_residual=res.constraint_residual)
+    return res, summary
+
+  return jax.jit(jax.vmap(one, in_axes=(0, None) if shared else (0,)))
+
+
+# ---------------------------------------------------------------------------
+# Summary and CLI.
+
+
+def summary_table(runs) -> str:
+  """The depth comparison printed at the end of a sweep."""
+  from dmfjax import analysis
+  if len(runs) == 0:
+    return "(no runs)"
+  table = analysis.depth_comparison(runs)
+  return table.to_string(index=False, float_format=lambda x: f"{x:.3g}")
+
+
+def run_sweep(spec: spec_lib.Spec, out, num_shards: int = 1, shard_index: int = 0,
+              memory_budget: Optional[int] = None, stream=sys.stderr) -> Plan:
+  """Plans and executes a sweep into ``out``; returns the plan.
+
+  Raises ``Interrupted`` if SIGINT arrived (what finished is written).
+  """
+  import jax
+  out = pathlib.Path(out)
+  writer = results.Writer(out, tag=f"s{shard_index}of{num_shards}")
+  problems = writer.quarantine()
+  for msg in problems:
+    print(f"[dmfjax] {msg}", file=stream)
+  writer.cleanup()
+  p = plan(spec, out, num_shards, shard_index, memory_budget)
+  writer.write_manifest(dict(spec=dataclasses.asdict(spec), num_shards=num_shards,
+                             shard_index=shard_index, jax_version=jax.__version__,
+                             devices=[str(d) for d in jax.local_devices()]))
+  print(describe(p, spec), file=stream)
+  progress = Progress(len(p.todo), stream)
+  executor = Executor(p, spec, writer, progress)
+  previous = signal.getsignal(signal.SIGINT)
+
+  def on_sigint(signum, frame):
+    if executor.stop_requested:
+      raise KeyboardInterrupt
+    executor.stop_requested = True
+    print("\n[dmfjax] SIGINT: finishing the current chunk and writing finished runs "
+          "(press Ctrl-C again to abort now)", file=stream, flush=True)
+
+  in_main = True
+  try:
+    signal.signal(signal.SIGINT, on_sigint)
+  except ValueError:  # not the main thread
+    in_main = False
+  try:
+    executor.execute()
+  finally:
+    if in_main:
+      signal.signal(signal.SIGINT, previous)
+  progress.update(force=True)
+  elapsed = time.perf_counter() - progress.start
+  print(f"[dmfjax] done: {progress.done} runs in {elapsed:,.1f}s; executed "
+        f"{progress.executed:,} run-steps for {progress.useful:,} useful "
+        f"({progress.executed / max(progress.useful, 1):.2f}x)", file=stream)
+  p.stats = dict(executed_run_steps=progress.executed, useful_run_steps=progress.useful,
+                 wall_seconds=elapsed)
+  return p
+
+
+def main(argv):
+  from absl import flags, logging
+  logging.set_verbosity(logging.WARNING)
+  FLAGS = flags.FLAGS
+  if len(argv) > 1:
+    raise SystemExit(f"unexpected arguments: {argv[1:]}")
+  try:
+    spec = spec_lib.load_spec(FLAGS.spec)
+    overrides = list(FLAGS.set or [])
+    if FLAGS.data:
+      overrides.append(f"data={FLAGS.data!r}")
+    spec = spec_lib.apply_overrides(spec, overrides)
+    if FLAGS.dry_run:
+      p = plan(spec, FLAGS.out if FLAGS.out and pathlib.Path(FLAGS.out).exists() else None,
+               FLAGS.num_shards, FLAGS.shard_index,
+               int(FLAGS.memory_gb * 2**30) if FLAGS.memory_gb else None)
+      print(describe(p, spec))
+      return 0
+    if not FLAGS.out:
+      raise spec_lib.SpecError("out: --out DIR is required")
+    from dmfjax import numerics
+    if spec.dtype == "float64" or "float64" in spec_lib._as_list(spec.dtype):
+      numerics.enable_float64()
+    p = run_sweep(spec, FLAGS.out, FLAGS.num_shards, FLAGS.shard_index,
+                  int(FLAGS.memory_gb * 2**30) if FLAGS.memory_gb else None)
+  except (spec_lib.SpecError, results.ResultsError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  except Interrupted:
+    print(f"[dmfjax] interrupted: finished runs are written under {FLAGS.out}; "
+          "run the same command again to resume.", file=sys.stderr)
+    return 130
+  ids = {r["run_id"] for r in p.runs}
+  runs = results.read_table(FLAGS.out)
+  runs = runs[runs.run_id.isin(ids)]
+  print(summary_table(runs))
+  if FLAGS.report:
+    try:
+      from dmfjax import report
+      path = report.write_report([FLAGS.out], pathlib.Path(FLAGS.out) / "report")
+      print(f"report: {path}")
+    except ImportError as e:
+      print(f"report skipped ({e}); install the 'plot' extra: pip install -e '.[plot]'")
+  return 0
+
+
+def _define_flags():
+  from absl import flags
+  flags.DEFINE_string("spec", None, "Path of a spec file defining SPEC.")
+  flags.DEFINE_string("out", None, "Output directory of the results dataset.")
+  flags.DEFINE_multi_string("set", [], "Override a spec field: field=value[,value...].")
+  flags.DEFINE_string("data", None, "Path of a MovieLens u.data file (ratings runs).")
+  flags.DEFINE_bool("dry_run", False, "Print the plan and exit; writes nothing.")
+  flags.DEFINE_integer("num_shards", 1, "Split the plan into this many shards.")
+  flags.DEFINE_integer("shard_index", 0, "Which shard this process runs.")
+  flags.DEFINE_float("memory_gb", None, "Device memory budget per device (GiB).")
+  flags.DEFINE_bool("report", False, "Write figures and a Markdown report at the end.")
+  flags.mark_flag_as_required("spec")
+
+
+if __name__ == "__main__":
+  from absl import app
+  _define_flags()
+  app.run(lambda argv: sys.exit(main(argv)))

@@ -1,0 +1,321 @@
+"""The training kernel: one run of gradient descent on a deep factorization.
+
+Written for a single run and batched with ``jax.vmap`` (PureJaxRL style):
+
+* :func:`init` builds a :class:`RunState` from a :class:`RunConfig` (static:
+  anything that changes shapes or code) and :class:`Hyperparams` (dynamic:
+  numbers, one per run, batched along axis 0).
+* :func:`advance` runs ``num_logs * log_every`` steps in a ``lax.scan`` and
+  returns the state plus one :class:`LogRecord` per ``log_every`` steps.
+* :func:`finalize` computes the run's final metrics (:class:`RunSummary`).
+* :func:`run` is a whole run as one function (init, advance, finalize).
+
+Each step evaluates the loss l(W) and its gradient at the current factors and
+then decides, per run:
+
+* ``diverged`` if the loss or the gradient is non-finite, the loss exceeds
+  ``divergence_factor`` times its initial value, or the update would make a
+  factor non-finite;
+* else ``converged`` if l(W) <= ``stop_loss``;
+* else ``budget`` if ``max_steps`` updates were already applied;
+* else the optimizer update is applied.
+
+Once a run is stopped, its factors and optimizer state are frozen (selected,
+not recomputed) and ``step`` holds the number of updates applied before the
+stop, so a batch can keep stepping while some of its runs are done, and a
+diverging run never touches the others.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from dmfjax import metrics, models, optimizers, problems
+from dmfjax.numerics import full_precision, resolve_dtype
+
+RUNNING, CONVERGED, BUDGET, DIVERGED = 0, 1, 2, 3
+STATUS_NAMES = {RUNNING: "running", CONVERGED: "converged", BUDGET: "budget",
+                DIVERGED: "diverged"}
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+  """Static configuration: runs sharing it share one compiled program."""
+  problem: str = "completion"     # 'completion' | 'sensing' | 'ratings'
+  n_rows: int = 100
+  n_cols: int = 100
+  rank: int = 5
+  n_obs: int = 2000
+  symmetric: bool = False
+  depth: int = 3
+  width: Optional[int] = None     # hidden width; None -> min(n, m)
+  init: str = "gaussian"
+  optimizer: str = "group_rmsprop"
+  log_every: int = 100
+  top_k: int = 10                 # singular values kept per log record
+  alignment: bool = False         # log U^T grad V diagonal / off-diagonal
+  dtype: str = "float32"
+
+  @property
+  def widths(self):
+    w = self.width if self.width is not None else min(self.n_rows, self.n_cols)
+    return (w,) * (self.depth - 1)
+
+  @property
+  def jnp_dtype(self):
+    return resolve_dtype(self.dtype)
+
+
+def _pytree_dataclass(cls):
+  cls = dataclasses.dataclass(frozen=True)(cls)
+  fields = [f.name for f in dataclasses.fields(cls)]
+  return jax.tree_util.register_dataclass(cls, data_fields=fields, meta_fields=[])
+
+
+@_pytree_dataclass
+class Hyperparams:
+  """Dynamic per-run numbers (each a scalar array; batched along axis 0)."""
+  seed: Any
+  problem_seed: Any
+  init_scale: Any
+  lr: Any
+  stop_loss: Any
+  max_steps: Any
+  divergence_factor: Any
+
+  @classmethod
+  def make(cls, seed=0, problem_seed=0, init_scale=1e-3, lr=1e-3, stop_loss=1e-6,
+           max_steps=1_000_000, divergence_factor=1e4, dtype=jnp.float32):
+    """Hyperparams as arrays; pass 1-D sequences to build a batch."""
+    values = dict(seed=seed, problem_seed=problem_seed, init_scale=init_scale,
+                  lr=lr, stop_loss=stop_loss, max_steps=max_steps,
+                  divergence_factor=divergence_factor)
+    shape = jnp.broadcast_shapes(*(jnp.shape(v) for v in values.values()))
+    ints = ("seed", "problem_seed", "max_steps")
+    return cls(**{k: jnp.broadcast_to(jnp.asarray(v, jnp.int32 if k in ints else dtype),
+                                      shape) for k, v in values.items()})
+
+
+@_pytree_dataclass
+class RunState:
+  factors: tuple
+  opt_state: Any
+  problem: Any
+  hp: Hyperparams
+  step: jax.Array          # updates applied so far
+  status: jax.Array        # RUNNING / CONVERGED / BUDGET / DIVERGED
+  loss: jax.Array          # train loss at the current factors (last evaluated)
+  initial_loss: jax.Array
+
+
+@_pytree_dataclass
+class LogRecord:
+  step: jax.Array
+  status: jax.Array
+  train_loss: jax.Array
+  reconstruction_error: jax.Array
+  test_error: jax.Array
+  nuclear_norm: jax.Array
+  effective_rank: jax.Array
+  singular_values: jax.Array   # top_k
+  alignment_diag: Optional[jax.Array]
+  alignment_offdiag: Optional[jax.Array]
+
+
+@_pytree_dataclass
+class RunSummary:
+  step: jax.Array
+  status: jax.Array
+  train_loss: jax.Array
+  reconstruction_error: jax.Array
+  test_error: jax.Array
+  nuclear_norm: jax.Array
+  effective_rank: jax.Array
+  singular_values: jax.Array   # full spectrum
+  truth_nuclear_norm: jax.Array
+  truth_effective_rank: jax.Array
+  constraint_residual: jax.Array
+
+
+def _keys(hp: Hyperparams):
+  init_key = jax.random.fold_in(jax.random.PRNGKey(hp.seed), 0)
+  problem_key = jax.random.fold_in(jax.random.PRNGKey(hp.problem_seed), 1)
+  return init_key, problem_key
+
+
+def make_problem(cfg: RunConfig, hp: Hyperparams):
+  """The synthetic problem drawn from ``hp.problem_seed``."""
+  _, problem_key = _keys(hp)
+  return problems.synthetic(problem_key, cfg.problem, cfg.n_rows, cfg.n_cols,
+                            cfg.rank, cfg.n_obs, cfg.symmetric, cfg.jnp_dtype)
+
+
+def _optimizer(cfg: RunConfig, hp: Hyperparams) -> optax.GradientTransformation:
+  return optimizers.make(cfg.optimizer, hp.lr)
+
+
+def _loss(problem, factors):
+  return problem.loss(models.end_to_end(factors))
+
+
+def init(cfg: RunConfig, hp: Hyperparams, problem=None) -> RunState:
+  """Initial state of one run (``problem`` defaults to the synthetic one)."""
+  if problem is None:
+    problem = make_problem(cfg, hp)
+  init_key, _ = _keys(hp)
+  factors = models.init_factors(init_key, cfg.init, hp.init_scale, cfg.n_rows,
+                                cfg.n_cols, cfg.depth, cfg.widths, cfg.jnp_dtype)
+  loss = _loss(problem, factors)
+  return RunState(factors=factors, opt_state=_optimizer(cfg, hp).init(factors),
+                  problem=problem, hp=hp, step=jnp.zeros((), jnp.int32),
+                  status=jnp.asarray(RUNNING, jnp.int32), loss=loss,
+                  initial_loss=loss)
+
+
+def _all_finite(tree) -> jax.Array:
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x))
+                            for x in jax.tree_util.tree_leaves(tree)]))
+
+
+def step(cfg: RunConfig, state: RunState) -> RunState:
+  """One gradient step with the stopping rules of the module docstring."""
+  hp = state.hp
+  loss, grads = jax.value_and_grad(functools.partial(_loss, state.problem))(state.factors)
+  updates, opt_state = _optimizer(cfg, hp).update(grads, state.opt_state, state.factors)
+  new_factors = optax.apply_updates(state.factors, updates)
+
+  running = state.status == RUNNING
+  diverged = (~jnp.isfinite(loss) | (loss > hp.divergence_factor * state.initial_loss)
+              | ~_all_finite(new_factors))
+  converged = loss <= hp.stop_loss
+  exhausted = state.step >= hp.max_steps
+  status = jnp.where(diverged, DIVERGED,
+                     jnp.where(converged, CONVERGED,
+                               jnp.where(exhausted, BUDGET, RUNNING)))
+  status = jnp.where(running, status, state.status).astype(jnp.int32)
+  apply = status == RUNNING
+  keep = lambda new, old: jax.tree_util.tree_map(
+      lambda a, b: jnp.where(apply, a, b), new, old)
+  return dataclasses.replace(
+      state, factors=keep(new_factors, state.factors),
+      opt_state=keep(opt_state, state.opt_state),
+      step=state.step + apply.astype(jnp.int32), status=status,
+      loss=jnp.where(running, loss, state.loss))
+
+
+def _test_error(problem, w):
+  if problem.test_mask is None:
+    return jnp.asarray(jnp.nan, w.dtype)
+  return metrics.masked_mse(w, problem.test_mask, problem.test_target)
+
+
+def _reconstruction_error(problem, w):
+  if problem.w_star is None:
+    return jnp.asarray(jnp.nan, w.dtype)
+  return metrics.reconstruction_error(w, problem.w_star)
+
+
+def log_record(cfg: RunConfig, state: RunState) -> LogRecord:
+  """Metrics of the current end-to-end matrix (one SVD per call)."""
+  w = models.end_to_end(state.factors)
+  sigma = metrics.singular_values(w)
+  diag = offdiag = None
+  if cfg.alignment:
+    k = min(cfg.top_k, sigma.shape[0])
+    diag, offdiag = metrics.alignment(w, state.problem.loss_gradient(w), k)
+  return LogRecord(step=state.step, status=state.status,
+                   train_loss=state.problem.loss(w),
+                   reconstruction_error=_reconstruction_error(state.problem, w),
+                   test_error=_test_error(state.problem, w),
+                   nuclear_norm=metrics.nuclear_norm(sigma),
+                   effective_rank=metrics.effective_rank(sigma),
+                   singular_values=sigma[:cfg.top_k], alignment_diag=diag,
+                   alignment_offdiag=offdiag)
+
+
+def advance(cfg: RunConfig, state: RunState, num_logs: int):
+  """``num_logs`` periods of ``log_every`` steps; a log record after each."""
+
+  def period(state, _):
+    state = jax.lax.fori_loop(0, cfg.log_every, lambda _, s: step(cfg, s), state)
+    return state, log_record(cfg, state)
+
+  return jax.lax.scan(period, state, None, length=num_logs)
+
+
+def finalize(cfg: RunConfig, state: RunState) -> RunSummary:
+  """Final metrics of a run (full singular spectrum)."""
+  w = models.end_to_end(state.factors)
+  sigma = metrics.singular_values(w)
+  problem = state.problem
+  if problem.w_star is not None:
+    truth = metrics.singular_values(problem.w_star)
+    truth_nn, truth_er = metrics.nuclear_norm(truth), metrics.effective_rank(truth)
+  else:
+    truth_nn = truth_er = jnp.asarray(jnp.nan, w.dtype)
+  return RunSummary(step=state.step, status=state.status,
+                    train_loss=problem.loss(w),
+                    reconstruction_error=_reconstruction_error(problem, w),
+                    test_error=_test_error(problem, w),
+                    nuclear_norm=metrics.nuclear_norm(sigma),
+                    effective_rank=metrics.effective_rank(sigma),
+                    singular_values=sigma, truth_nuclear_norm=truth_nn,
+                    truth_effective_rank=truth_er,
+                    constraint_residual=problem.constraint_residual(w))
+
+
+def run(cfg: RunConfig, hp: Hyperparams, num_logs: int, problem=None):
+  """A whole run: returns (final state, initial log, logs, summary).
+
+  ``num_logs * cfg.log_every`` steps are executed (a run that stops earlier is
+  frozen); set ``hp.max_steps`` to bound the updates applied.
+  """
+  state = init(cfg, hp, problem)
+  first = log_record(cfg, state)
+  state, logs = advance(cfg, state, num_logs)
+  return state, first, logs, finalize(cfg, state)
+
+
+# ---------------------------------------------------------------------------
+# Batched, jitted entry points (one compile per RunConfig and batch shape).
+
+
+@functools.lru_cache(maxsize=None)
+def batched(cfg: RunConfig, num_logs: int, shared_problem: bool = False):
+  """Jitted, vmapped ``init``/``advance``/``finalize`` for one RunConfig.
+
+  Returns a namespace with ``init(hp[, problem])`` (``problem`` broadcast to
+  every run when ``shared_problem``), ``advance(state)`` (donates ``state``),
+  ``first_log(state)`` and ``finalize(state)``. Every function traces under
+  full float32 matmul precision.
+  """
+
+  def traced(fn):
+    def wrapped(*args):
+      with full_precision():
+        return fn(*args)
+    return wrapped
+
+  init_axes = (0, None) if shared_problem else (0,)
+  batched_init = jax.jit(traced(jax.vmap(functools.partial(init, cfg),
+                                         in_axes=init_axes)))
+  batched_advance = jax.jit(
+      traced(jax.vmap(lambda s: advance(cfg, s, num_logs), out_axes=(0, 1))),
+      donate_argnums=0)
+  batched_log = jax.jit(traced(jax.vmap(functools.partial(log_record, cfg))))
+  batched_finalize = jax.jit(traced(jax.vmap(functools.partial(finalize, cfg))))
+  return _Batched(batched_init, batched_advance, batched_log, batched_finalize)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Batched:
+  init: Any
+  advance: Any
+  first_log: Any
+  finalize: Any

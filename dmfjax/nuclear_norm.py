@@ -139,7 +139,9 @@ def _initial_rho(problem: Problem, dtype) -> jax.Array:
 
 
 def solve(problem: Problem, tol: float = 1e-6, max_iters: int = 5000,
-          rho: Optional[float] = None) -> NuclearNormResult:
+          rho: Optional[float] = None, relaxation=RELAXATION,
+          balance_ratio=BALANCE_RATIO, rho_factor=RHO_FACTOR,
+          adapt_every=ADAPT_EVERY) -> NuclearNormResult:
   """Minimum nuclear norm fit of ``problem`` by ADMM (see the module docstring).
 
   Args:
@@ -174,7 +176,7 @@ def solve(problem: Problem, tol: float = 1e-6, max_iters: int = 5000,
   def body(state):
     it, z, u, rho, _, _, _, _ = state
     x = singular_value_threshold(z - u, 1.0 / rho)
-    h = RELAXATION * x + (1.0 - RELAXATION) * z
+    h = relaxation * x + (1.0 - relaxation) * z
     z_new = project(h + u)
     u_new = u + h - z_new
     r = jnp.linalg.norm(x - z_new)
@@ -182,9 +184,9 @@ def solve(problem: Problem, tol: float = 1e-6, max_iters: int = 5000,
     eps_pri = tol * jnp.maximum(jnp.maximum(jnp.linalg.norm(x),
                                             jnp.linalg.norm(z_new)), tiny)
     eps_dual = tol * jnp.maximum(rho * jnp.linalg.norm(u_new), tiny)
-    adapt = (it + 1) % ADAPT_EVERY == 0
-    scale = jnp.where(adapt & (r > BALANCE_RATIO * s), RHO_FACTOR,
-                      jnp.where(adapt & (s > BALANCE_RATIO * r), 1.0 / RHO_FACTOR,
+    adapt = (it + 1) % adapt_every == 0
+    scale = jnp.where(adapt & (r > balance_ratio * s), rho_factor,
+                      jnp.where(adapt & (s > balance_ratio * r), 1.0 / rho_factor,
                                 1.0))
     return (it + 1, z_new, u_new / scale, rho * scale, r, s, eps_pri, eps_dual)
 

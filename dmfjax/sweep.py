@@ -178,7 +178,7 @@ def describe(p: Plan, spec: spec_lib.Spec) -> str:
   total = 0
   for g in p.groups:
     batches = math.ceil(len(g.runs) / g.batch_size)
-    size = bucket(g.batch_size, p.num_devices)
+    size = p.num_devices * math.ceil(g.batch_size / p.num_devices)
     total += g.max_run_steps
     lines.append(f"  [{g.label}] {len(g.runs)} runs, {batches} batch(es) of <= {size}, "
                  f"<= {g.max_run_steps:,} run-steps, ~{size * g.per_run_bytes / 2**20:,.0f} MiB"
@@ -237,7 +237,7 @@ class Executor:
   """Runs the groups of a plan and commits their results."""
 
   def __init__(self, plan_: Plan, spec: spec_lib.Spec, writer: results.Writer,
-               progress: Progress):
+               progress: Progress, repack: bool = True):
     import jax
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
     self.jax = jax
@@ -245,6 +245,7 @@ class Executor:
     devices = jax.local_devices()[:plan_.num_devices]
     self.sharding = NamedSharding(Mesh(np.array(devices), ("runs",)), PartitionSpec("runs"))
     self.stop_requested = False
+    self.repack = repack
 
   # -- helpers -------------------------------------------------------------
 
@@ -313,12 +314,14 @@ class Executor:
       status = np.asarray(logs.status[-1])
       self._record(batch, slots, logs, trajectories, leading_axis=True)
       self.progress.update(executed=size * chunk, label=g.label)
-      running = [s for s, i in enumerate(slots) if i is not None and status[s] == train.RUNNING]
+      steps = np.asarray(logs.step[-1])
+      running = [s for s, i in enumerate(slots) if i is not None
+                 and status[s] == train.RUNNING and steps[s] < batch[i]["max_steps"]]
       interrupted = self.stop_requested
-      if not running or interrupted or bucket(len(running), self.plan.num_devices) < size:
+      shrink = self.repack and bucket(len(running), self.plan.num_devices) < size
+      if not running or interrupted or shrink:
         summary = jax.device_get(fns.finalize(state))
-        done = [s for s, i in enumerate(slots)
-                if i is not None and status[s] != train.RUNNING]
+        done = [s for s, i in enumerate(slots) if i is not None and s not in running]
         self._commit(batch, slots, done, summary, trajectories, time.perf_counter() - t0)
         if not running or interrupted:
           return
@@ -469,13 +472,15 @@ def summary_table(runs) -> str:
 
 
 def run_sweep(spec: spec_lib.Spec, out, num_shards: int = 1, shard_index: int = 0,
-              memory_budget: Optional[int] = None, stream=sys.stderr) -> Plan:
+              memory_budget: Optional[int] = None, stream=sys.stderr,
+              repack: bool = True) -> Plan:
   """Plans and executes a sweep into ``out``; returns the plan.
 
   Raises ``Interrupted`` if SIGINT arrived (what finished is written).
   """
   import jax
   out = pathlib.Path(out)
+  plan(spec, None, num_shards, shard_index, memory_budget)  # validate before writing
   writer = results.Writer(out, tag=f"s{shard_index}of{num_shards}")
   problems = writer.quarantine()
   for msg in problems:
@@ -487,7 +492,7 @@ def run_sweep(spec: spec_lib.Spec, out, num_shards: int = 1, shard_index: int = 
                              devices=[str(d) for d in jax.local_devices()]))
   print(describe(p, spec), file=stream)
   progress = Progress(len(p.todo), stream)
-  executor = Executor(p, spec, writer, progress)
+  executor = Executor(p, spec, writer, progress, repack=repack)
   previous = signal.getsignal(signal.SIGINT)
 
   def on_sigint(signum, frame):
@@ -541,7 +546,8 @@ def main(argv):
     if spec.dtype == "float64" or "float64" in spec_lib._as_list(spec.dtype):
       numerics.enable_float64()
     p = run_sweep(spec, FLAGS.out, FLAGS.num_shards, FLAGS.shard_index,
-                  int(FLAGS.memory_gb * 2**30) if FLAGS.memory_gb else None)
+                  int(FLAGS.memory_gb * 2**30) if FLAGS.memory_gb else None,
+                  repack=FLAGS.repack)
   except (spec_lib.SpecError, results.ResultsError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
@@ -573,6 +579,7 @@ def _define_flags():
   flags.DEFINE_integer("num_shards", 1, "Split the plan into this many shards.")
   flags.DEFINE_integer("shard_index", 0, "Which shard this process runs.")
   flags.DEFINE_float("memory_gb", None, "Device memory budget per device (GiB).")
+  flags.DEFINE_bool("repack", True, "Repack unfinished runs into smaller batches.")
   flags.DEFINE_bool("report", False, "Write figures and a Markdown report at the end.")
   flags.mark_flag_as_required("spec")
 

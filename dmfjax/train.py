@@ -34,6 +34,7 @@ from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from dmfjax import metrics, models, optimizers, problems
@@ -96,7 +97,7 @@ class Hyperparams:
     values = dict(seed=seed, problem_seed=problem_seed, init_scale=init_scale,
                   lr=lr, stop_loss=stop_loss, max_steps=max_steps,
                   divergence_factor=divergence_factor)
-    shape = jnp.broadcast_shapes(*(jnp.shape(v) for v in values.values()))
+    shape = np.broadcast_shapes(*(np.shape(v) for v in values.values()))
     ints = ("seed", "problem_seed", "max_steps")
     return cls(**{k: jnp.broadcast_to(jnp.asarray(v, jnp.int32 if k in ints else dtype),
                                       shape) for k, v in values.items()})
@@ -249,18 +250,33 @@ def advance(cfg: RunConfig, state: RunState, num_logs: int):
   return jax.lax.scan(period, state, None, length=num_logs)
 
 
+def final_status(state: RunState, loss: jax.Array) -> jax.Array:
+  """The status of a run, resolving one that used its whole budget.
+
+  A run that applied ``max_steps`` updates has not yet evaluated the stopping
+  rules at its last iterate; with that iterate's ``loss`` they are applied
+  here (diverged, else converged, else budget).
+  """
+  hp = state.hp
+  resolved = jnp.where(~jnp.isfinite(loss) | (loss > hp.divergence_factor * state.initial_loss),
+                       DIVERGED, jnp.where(loss <= hp.stop_loss, CONVERGED, BUDGET))
+  exhausted = (state.status == RUNNING) & (state.step >= hp.max_steps)
+  return jnp.where(exhausted, resolved, state.status).astype(jnp.int32)
+
+
 def finalize(cfg: RunConfig, state: RunState) -> RunSummary:
   """Final metrics of a run (full singular spectrum)."""
   w = models.end_to_end(state.factors)
   sigma = metrics.singular_values(w)
   problem = state.problem
+  loss = problem.loss(w)
   if problem.w_star is not None:
     truth = metrics.singular_values(problem.w_star)
     truth_nn, truth_er = metrics.nuclear_norm(truth), metrics.effective_rank(truth)
   else:
     truth_nn = truth_er = jnp.asarray(jnp.nan, w.dtype)
-  return RunSummary(step=state.step, status=state.status,
-                    train_loss=problem.loss(w),
+  return RunSummary(step=state.step, status=final_status(state, loss),
+                    train_loss=loss,
                     reconstruction_error=_reconstruction_error(problem, w),
                     test_error=_test_error(problem, w),
                     nuclear_norm=metrics.nuclear_norm(sigma),

@@ -1,0 +1,106 @@
+"""Sweeps: devices, shards, repacking, resume after SIGKILL, dry run."""
+
+import io
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pytest
+
+from dmfjax import results, spec as spec_lib, sweep
+from sweep_helpers import (assert_same_results, cli_env, run_cli, runs_table,
+                           sweep_cmd, trajectories_table, write_spec, ROOT)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+  """The tiny sweep run once in-process on one device (the reference)."""
+  d = tmp_path_factory.mktemp("reference")
+  spec_path = write_spec(d / "spec.py")
+  spec = spec_lib.load_spec(spec_path)
+  p = sweep.run_sweep(spec, d / "out", stream=io.StringIO())
+  return spec_path, d / "out", p
+
+
+def test_reference_sweep_tables(reference):
+  _, out, p = reference
+  runs = runs_table(out)
+  assert len(runs) == 12 and runs.run_id.is_unique
+  assert set(runs.status) <= {"converged", "budget", "diverged"}
+  assert (runs.status == "converged").sum() >= 6
+  conv = runs[runs.status == "converged"]
+  assert (conv.train_loss <= 1e-4 * 1.001).all()
+  # Repacking happened and saved compute: executed close to useful.
+  assert p.stats["useful_run_steps"] == runs.steps.sum()
+  assert p.stats["executed_run_steps"] < 2 * p.stats["useful_run_steps"]
+  traj = trajectories_table(out)
+  assert not traj.duplicated(["run_id", "step"]).any()
+  for rid, t in traj.groupby("run_id"):
+    row = runs[runs.run_id == rid].iloc[0]
+    assert t.step.iloc[0] == 0 and t.step.iloc[-1] == row.steps
+    assert np.isclose(t.train_loss.iloc[-1], row.train_loss, rtol=1e-4)
+  # Every spec field is in the runs table.
+  for f in spec_lib.GRID_FIELDS:
+    assert f in runs.columns
+
+
+def test_no_repack_gives_same_results(reference, tmp_path):
+  spec_path, out, _ = reference
+  spec = spec_lib.load_spec(spec_path)
+  sweep.run_sweep(spec, tmp_path / "out", stream=io.StringIO(), repack=False)
+  assert_same_results(runs_table(out), runs_table(tmp_path / "out"))
+
+
+def test_four_devices_equal_one_device(reference, tmp_path):
+  spec_path, out, _ = reference
+  proc = run_cli(spec_path, tmp_path / "out", devices=4)
+  assert "on 4 device(s)" in proc.stderr
+  assert_same_results(runs_table(out), runs_table(tmp_path / "out"))
+
+
+def test_shards_together_equal_unsharded(reference, tmp_path):
+  spec_path, out, _ = reference
+  shared = tmp_path / "out"
+  ids = []
+  for i in range(3):
+    run_cli(spec_path, shared, "--num_shards=3", f"--shard_index={i}")
+    ids.append(set(runs_table(shared).run_id))
+  assert 0 < len(ids[0]) < len(ids[1]) < len(ids[2])  # each shard adds its share
+  assert_same_results(runs_table(out), runs_table(shared))
+  assert not trajectories_table(shared).duplicated(["run_id", "step"]).any()
+
+
+def test_dry_run_writes_nothing(reference, tmp_path):
+  spec_path, _, _ = reference
+  proc = run_cli(spec_path, tmp_path / "out", "--dry_run")
+  assert not (tmp_path / "out").exists()
+  assert "12 runs" in proc.stdout and "compiled groups" in proc.stdout
+  assert "MiB per batch" in proc.stdout
+
+
+def test_resume_after_sigkill(reference, tmp_path):
+  spec_path, out, _ = reference
+  target = tmp_path / "out"
+  proc = subprocess.Popen(sweep_cmd(spec_path, target), env=cli_env(), cwd=ROOT,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 300
+  while time.time() < deadline and proc.poll() is None:
+    if list((target / "runs").glob("part-*.parquet")):
+      break
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  partial = runs_table(target)
+  assert 0 < len(partial) < 12
+  proc = run_cli(spec_path, target)
+  assert "already finished" in proc.stderr
+  final = runs_table(target)
+  assert final.run_id.is_unique
+  assert_same_results(runs_table(out), final)
+  assert not trajectories_table(target).duplicated(["run_id", "step"]).any()
+  assert not list(target.rglob(".tmp-*"))
+  # A third run finds everything done and runs nothing.
+  proc = run_cli(spec_path, target)
+  assert "0 to run" in proc.stderr
+  assert len(runs_table(target)) == 12

@@ -158,7 +158,7 @@ def plan(spec: spec_lib.Spec, out, num_shards: int = 1, shard_index: int = 0,
       groups[key] = Group(key=key, method=r["method"], runs=[], per_run_bytes=bytes_per_run(r))
     groups[key].runs.append(r)
   for g in groups.values():
-    fit = max(1, memory_budget // max(1, g.per_run_bytes)) * num_devices
+    fit = (memory_budget // max(1, g.per_run_bytes)) * num_devices
     if fit < num_devices:
       raise spec_lib.SpecError(
           f"memory: one run of group [{g.label}] needs ~{g.per_run_bytes / 2**30:.2f} GiB, "

@@ -38,7 +38,9 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-SCHEMA_VERSION = 1
+from dmfjax import results
+
+SCHEMA_VERSION = results.SCHEMA_VERSION
 
 # Columns that describe *what* was run (as opposed to what was measured).
 CONFIG_COLUMNS = (
@@ -88,12 +90,8 @@ def load_runs(*results_dirs, **filters) -> pd.DataFrame:
     raise ValueError("load_runs: pass at least one results directory")
   tables = []
   for d in results_dirs:
-    table = pd.read_parquet(_table_path(d, "runs"))
-    versions = set(table.get("schema_version", pd.Series([SCHEMA_VERSION])).dropna())
-    if versions - {SCHEMA_VERSION}:
-      warnings.warn(f"{d}: runs table has schema_version {sorted(versions)}, "
-                    f"this code reads version {SCHEMA_VERSION}")
-    tables.append(table)
+    _table_path(d, results.RUNS)
+    tables.append(results.read_table(d, results.RUNS))  # skips foreign files
   runs = pd.concat(tables, ignore_index=True) if len(tables) > 1 else tables[0]
   duplicated = runs["run_id"].duplicated()
   if duplicated.any():
@@ -117,7 +115,10 @@ def load_trajectories(*results_dirs, runs: pd.DataFrame | None = None,
   """
   if not results_dirs:
     raise ValueError("load_trajectories: pass at least one results directory")
-  tables = [pd.read_parquet(_table_path(d, "trajectories")) for d in results_dirs]
+  tables = []
+  for d in results_dirs:
+    _table_path(d, results.TRAJECTORIES)
+    tables.append(results.read_table(d, results.TRAJECTORIES))
   traj = pd.concat(tables, ignore_index=True) if len(tables) > 1 else tables[0]
   if runs is not None:
     traj = traj[traj["run_id"].isin(runs["run_id"])]

@@ -72,8 +72,19 @@ class ResultsError(ValueError):
   """A results directory that cannot be used (message names the path)."""
 
 
+def _cell(value, type_: pa.DataType):
+  """None for missing values (NaN in a non-float column, pandas NA)."""
+  if value is None or value is pd.NA:
+    return None
+  if isinstance(value, float) and value != value and not pa.types.is_floating(type_):
+    return None
+  if pa.types.is_list(type_) and value is not None:
+    return [float(v) for v in value]
+  return value
+
+
 def _table(rows: list[dict], schema: pa.Schema) -> pa.Table:
-  columns = {name: [r.get(name) for r in rows] for name in schema.names}
+  columns = {f.name: [_cell(r.get(f.name), f.type) for r in rows] for f in schema}
   return pa.Table.from_pydict(columns, schema=schema.with_metadata(_META))
 
 

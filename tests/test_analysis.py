@@ -4,6 +4,8 @@ import warnings
 
 import numpy as np
 import pandas as pd
+
+from dmfjax import results
 import pytest
 
 from dmfjax import analysis
@@ -145,13 +147,13 @@ def test_baseline_levels():
 
 
 def _write(dir_, runs, trajectories=None, parts=2):
-  (dir_ / "runs").mkdir(parents=True)
-  for i, part in enumerate(np.array_split(np.arange(len(runs)), parts)):
-    runs.iloc[part].to_parquet(dir_ / "runs" / f"part-{i}.parquet")
-  if trajectories is not None:
-    (dir_ / "trajectories").mkdir()
-    trajectories.to_parquet(dir_ / "trajectories" / "part-0.parquet")
-  (dir_ / "manifest.json").write_text('{"schema_version": 1}')
+  writer = results.Writer(dir_)
+  for part in np.array_split(np.arange(len(runs)), parts):
+    part = runs.iloc[part]
+    traj = ([] if trajectories is None else
+            trajectories[trajectories.run_id.isin(part.run_id)].to_dict("records"))
+    writer.write(part.to_dict("records"), traj)
+  writer.write_manifest({})
 
 
 def test_load_runs_and_trajectories(tmp_path):

@@ -12,7 +12,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from dmfjax import analysis, plots, report  # noqa: E402
+from dmfjax import analysis, plots, report, results  # noqa: E402
 
 N = 10
 TOP = 4
@@ -89,13 +89,12 @@ def make_trajectories(runs):
 def write_dataset(root: Path):
   runs = make_runs()
   traj = make_trajectories(runs)
-  (root / "runs").mkdir(parents=True)
-  (root / "trajectories").mkdir()
+  writer = results.Writer(root)
   half = len(runs) // 2
-  runs.iloc[:half].to_parquet(root / "runs" / "part-0.parquet")
-  runs.iloc[half:].to_parquet(root / "runs" / "part-1.parquet")
-  traj.to_parquet(root / "trajectories" / "part-0.parquet")
-  (root / "manifest.json").write_text('{"schema_version": 1}')
+  for part in (runs.iloc[:half], runs.iloc[half:]):
+    writer.write(part.to_dict("records"),
+                 traj[traj.run_id.isin(part.run_id)].to_dict("records"))
+  writer.write_manifest({})
   return root
 
 

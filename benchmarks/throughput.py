@@ -1,0 +1,147 @@
+"""Training throughput: run-steps/s and effective GFLOP/s, side by side.
+
+In one process, for each (depth, n, batch):
+
+* dmfjax: the vmapped, jitted chunk kernel (``train.batched(...).advance``),
+  timed after compilation, best of ``--repeats``;
+* the practical limit: large square fp32 GEMM GFLOP/s at full precision;
+* a naive baseline: one run at a time, one jitted step per Python iteration.
+
+A step of a depth-N square n x n factorization costs 3(N-1) matmuls,
+6(N-1) n^3 flops (forward product, two gradient products per layer); the
+effective GFLOP/s counts only those. Prints ratios and writes a CSV.
+
+    python benchmarks/throughput.py                       # the full grid
+    python benchmarks/throughput.py --depths 3 --sizes 100 --batches 1,8,64
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import pathlib
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from dmfjax import train  # noqa: E402
+from dmfjax.numerics import full_precision  # noqa: E402
+
+
+def gemm_gflops(size: int = 2048, repeats: int = 5) -> float:
+  a = jax.random.normal(jax.random.PRNGKey(0), (size, size), jnp.float32)
+  f = jax.jit(lambda a: jnp.matmul(a, a, precision=lax.Precision.HIGHEST))
+  f(a).block_until_ready()
+  best = min(_time(lambda: f(a).block_until_ready()) for _ in range(repeats))
+  return 2 * size**3 / best / 1e9
+
+
+def _time(fn) -> float:
+  t = time.perf_counter()
+  fn()
+  return time.perf_counter() - t
+
+
+def step_flops(depth: int, n: int) -> float:
+  return 6.0 * (depth - 1) * n**3 if depth > 1 else 0.0
+
+
+def _config(depth, n, steps):
+  return train.RunConfig(problem="completion", n_rows=n, n_cols=n, rank=5,
+                         n_obs=n * n // 5, depth=depth, optimizer="group_rmsprop",
+                         log_every=steps)
+
+
+def _hp(batch):
+  # Tiny lr and no stop: every run keeps stepping for the whole measurement.
+  return train.Hyperparams.make(seed=np.arange(batch), problem_seed=np.arange(batch),
+                                init_scale=1e-3, lr=1e-6, stop_loss=0.0,
+                                max_steps=2**30)
+
+
+def dmfjax_rate(depth, n, batch, seconds, repeats) -> float:
+  """run-steps/s of the chunk kernel."""
+  probe = train.batched(_config(depth, n, 4), 1)
+  state = probe.init(_hp(batch))
+  state, _ = probe.advance(state)
+  jax.block_until_ready(state)
+  per_step = _time(lambda: jax.block_until_ready(probe.advance(state)[0])) / 4
+  del state
+  steps = int(np.clip(seconds / max(per_step, 1e-7), 8, 20000))
+  fns = train.batched(_config(depth, n, steps), 1)
+  state = fns.init(_hp(batch))
+  state, _ = fns.advance(state)  # compile
+  jax.block_until_ready(state)
+  best = np.inf
+  for _ in range(repeats):
+    t = time.perf_counter()
+    state, _ = fns.advance(state)
+    jax.block_until_ready(state)
+    best = min(best, time.perf_counter() - t)
+  return steps * batch / best
+
+
+def naive_rate(depth, n, seconds) -> float:
+  """One run, one jitted step per Python iteration (the usual baseline)."""
+  cfg = _config(depth, n, 1)
+  hp = train.Hyperparams.make(init_scale=1e-3, lr=1e-6, stop_loss=0.0, max_steps=2**30)
+  with full_precision():
+    state = jax.jit(lambda h: train.init(cfg, h))(hp)
+    step = jax.jit(lambda s: train.step(cfg, s))
+  state = step(state)
+  jax.block_until_ready(state)
+  count, t0 = 0, time.perf_counter()
+  while time.perf_counter() - t0 < seconds:
+    for _ in range(20):
+      state = step(state)
+    jax.block_until_ready(state)
+    count += 20
+  return count / (time.perf_counter() - t0)
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--depths", default="2,3,4")
+  p.add_argument("--sizes", default="50,100,200")
+  p.add_argument("--batches", default="1,8,64,256")
+  p.add_argument("--seconds", type=float, default=0.6, help="per measurement")
+  p.add_argument("--repeats", type=int, default=3)
+  p.add_argument("--csv", default="benchmarks/throughput.csv")
+  args = p.parse_args(argv)
+  ints = lambda s: [int(x) for x in s.split(",")]
+  device = jax.devices()[0]
+  gemm = gemm_gflops()
+  print(f"device: {device.device_kind} ({device.platform}), {len(jax.devices())} device(s)")
+  print(f"large-GEMM fp32 (HIGHEST) GFLOP/s: {gemm:.1f}")
+  header = ["device", "depth", "n", "batch", "run_steps_per_s", "gflops",
+            "fraction_of_gemm", "naive_run_steps_per_s", "speedup_vs_naive", "gemm_gflops"]
+  rows = []
+  print(f"{'depth':>5} {'n':>4} {'batch':>5} {'run-steps/s':>12} {'GFLOP/s':>8} "
+        f"{'x GEMM':>7} {'naive':>9} {'x naive':>8}")
+  for depth in ints(args.depths):
+    for n in ints(args.sizes):
+      naive = naive_rate(depth, n, args.seconds)
+      for batch in ints(args.batches):
+        rate = dmfjax_rate(depth, n, batch, args.seconds, args.repeats)
+        gflops = rate * step_flops(depth, n) / 1e9
+        row = [device.device_kind, depth, n, batch, rate, gflops, gflops / gemm, naive,
+               rate / naive, gemm]
+        rows.append(row)
+        print(f"{depth:>5} {n:>4} {batch:>5} {rate:>12,.0f} {gflops:>8.1f} "
+              f"{gflops / gemm:>7.2f} {naive:>9,.0f} {rate / naive:>8.1f}", flush=True)
+  path = pathlib.Path(args.csv)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  with open(path, "w", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(header)
+    w.writerows(rows)
+  print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+  main()

@@ -30,8 +30,16 @@ Because P_C(V) - V lies in range(A^*), U always lies in range(A^*) (for
 completion it is supported on Omega). Stopping (Boyd et al. 2011, section
 3.3): primal residual r = ||X - Z||_F, dual residual s = rho ||Z - Z_prev||_F,
 stop when r <= tol * max(||X||_F, ||Z||_F) and s <= tol * ||rho U||_F.
-The penalty adapts by residual balancing: if r > 10 s, rho *= 2 (U /= 2);
-if s > 10 r, rho /= 2 (U *= 2).
+The penalty adapts by residual balancing every 10 iterations: if r > 2 s,
+rho *= 1.5 (U /= 1.5); if s > 2 r, rho /= 1.5 (U *= 1.5). Over-relaxation
+alpha = 1.6 cuts the iteration count by about a third. (Anderson acceleration
+of this map was tried: it saves ~40% of the iterations but its bookkeeping
+cost as much per iteration as the SVT on 100 x 100 problems.)
+
+Cost per iteration: one n x n symmetric eigendecomposition (the SVT, see
+:func:`singular_value_threshold`) plus the projection; 100 x 100 completion
+with 2000 observations takes ~150-250 iterations at tol = 1e-6 in float64.
+float32 works for tol >= ~1e-4 only (the Gram-based SVT loses precision).
 
 Certificate. The Lagrange dual of the problem is
 
@@ -65,9 +73,9 @@ from dmfjax.numerics import matmul
 from dmfjax.problems import CompletionProblem, Problem, SensingProblem
 
 RELAXATION = 1.6        # over-relaxation alpha in (0, 2)
-BALANCE_RATIO = 10.0    # residual balancing: adapt when r / s leaves [1/10, 10]
-RHO_FACTOR = 2.0        # ... by this factor
-ADAPT_EVERY = 1         # iterations between rho updates
+BALANCE_RATIO = 2.0     # residual balancing: adapt when r / s leaves [1/2, 2]
+RHO_FACTOR = 1.5        # ... by this factor
+ADAPT_EVERY = 10        # iterations between rho updates
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,9 +109,21 @@ jax.tree_util.register_dataclass(
 
 
 def singular_value_threshold(m: jax.Array, threshold: jax.Array) -> jax.Array:
-  """SVT_t(M) = P diag(max(s - t, 0)) Q^T, the prox of t ||.||_*."""
-  p, s, qt = jnp.linalg.svd(m, full_matrices=False)
-  return matmul(p * jnp.maximum(s - threshold, 0.0), qt)
+  """SVT_t(M) = P diag(max(s - t, 0)) Q^T for M = P diag(s) Q^T.
+
+  The prox of t ||.||_*. Computed from the symmetric eigendecomposition of the
+  smaller Gram matrix (about twice as fast as an SVD on CPU): for n <= m,
+  M M^T = P diag(s^2) P^T and SVT_t(M) = P diag(max(1 - t / s, 0)) P^T M.
+  Squaring costs precision only for s below sqrt(eps) * ||M||_2, far under
+  any threshold used here.
+  """
+  rows, cols = m.shape
+  if rows > cols:
+    return singular_value_threshold(m.T, threshold).T
+  eigenvalues, p = jnp.linalg.eigh(matmul(m, m.T))
+  s = jnp.sqrt(jnp.maximum(eigenvalues, 0.0))
+  shrink = jnp.where(s > threshold, 1.0 - threshold / jnp.where(s > 0, s, 1.0), 0.0)
+  return matmul(p * shrink, matmul(p.T, m))
 
 
 def nuclear_norm(w: jax.Array) -> jax.Array:
@@ -139,20 +159,29 @@ def _initial_rho(problem: Problem, dtype) -> jax.Array:
 
 
 def solve(problem: Problem, tol: float = 1e-6, max_iters: int = 5000,
-          rho: Optional[float] = None, relaxation=RELAXATION,
-          balance_ratio=BALANCE_RATIO, rho_factor=RHO_FACTOR,
-          adapt_every=ADAPT_EVERY) -> NuclearNormResult:
-  """Minimum nuclear norm fit of ``problem`` by ADMM (see the module docstring).
+          rho: Optional[float] = None) -> NuclearNormResult:
+  """Minimum nuclear norm fit of ``problem`` by ADMM.
+
+  Updates (scaled form, alpha = RELAXATION, C = {W : A(W) = y})::
+
+    X <- SVT_{1/rho}(Z - U)
+    H <- alpha X + (1 - alpha) Z
+    Z <- P_C(H + U)
+    U <- U + H - Z
+
+  with residual balancing of rho every ADAPT_EVERY iterations; stops when
+  ||X - Z||_F <= tol max(||X||_F, ||Z||_F) and rho ||Z - Z_prev||_F <=
+  tol ||rho U||_F, or after max_iters. See the module docstring.
 
   Args:
     problem: a CompletionProblem or SensingProblem (unbatched; vmap for many).
-    tol: relative tolerance on the primal and dual residuals.
-    max_iters: iteration cap.
-    rho: initial penalty; default 1 / ||A^+(y)||_2. Adapted by residual
-      balancing either way.
+    tol: relative tolerance on the primal and dual residuals (may be traced).
+    max_iters: iteration cap (may be traced).
+    rho: initial penalty; default 1 / ||A^+(y)||_2 (the spectral norm of the
+      least-norm fit). Adapted by residual balancing either way.
 
   Returns:
-    NuclearNormResult.
+    NuclearNormResult with w = the last Z (which fits the observations).
   """
   if isinstance(problem, CompletionProblem):
     dtype = problem.target.dtype
@@ -165,10 +194,6 @@ def solve(problem: Problem, tol: float = 1e-6, max_iters: int = 5000,
   tol = jnp.asarray(tol, dtype)
   rho0 = _initial_rho(problem, dtype) if rho is None else jnp.asarray(rho, dtype)
 
-  z0 = project(jnp.zeros(shape, dtype))
-  u0 = jnp.zeros(shape, dtype)
-  big = jnp.asarray(jnp.inf, dtype)
-
   def cond(state):
     it, _, _, _, r, s, eps_pri, eps_dual = state
     return (it < max_iters) & ((r > eps_pri) | (s > eps_dual))
@@ -176,7 +201,7 @@ def solve(problem: Problem, tol: float = 1e-6, max_iters: int = 5000,
   def body(state):
     it, z, u, rho, _, _, _, _ = state
     x = singular_value_threshold(z - u, 1.0 / rho)
-    h = relaxation * x + (1.0 - relaxation) * z
+    h = RELAXATION * x + (1.0 - RELAXATION) * z
     z_new = project(h + u)
     u_new = u + h - z_new
     r = jnp.linalg.norm(x - z_new)
@@ -184,13 +209,16 @@ def solve(problem: Problem, tol: float = 1e-6, max_iters: int = 5000,
     eps_pri = tol * jnp.maximum(jnp.maximum(jnp.linalg.norm(x),
                                             jnp.linalg.norm(z_new)), tiny)
     eps_dual = tol * jnp.maximum(rho * jnp.linalg.norm(u_new), tiny)
-    adapt = (it + 1) % adapt_every == 0
-    scale = jnp.where(adapt & (r > balance_ratio * s), rho_factor,
-                      jnp.where(adapt & (s > balance_ratio * r), 1.0 / rho_factor,
+    # Residual balancing; the scaled dual U = Y / rho scales inversely.
+    adapt = (it + 1) % ADAPT_EVERY == 0
+    scale = jnp.where(adapt & (r > BALANCE_RATIO * s), RHO_FACTOR,
+                      jnp.where(adapt & (s > BALANCE_RATIO * r), 1.0 / RHO_FACTOR,
                                 1.0))
     return (it + 1, z_new, u_new / scale, rho * scale, r, s, eps_pri, eps_dual)
 
-  state = (jnp.asarray(0, jnp.int32), z0, u0, rho0, big, big,
+  z0 = project(jnp.zeros(shape, dtype))
+  state = (jnp.asarray(0, jnp.int32), z0, jnp.zeros(shape, dtype), rho0,
+           jnp.asarray(jnp.inf, dtype), jnp.asarray(jnp.inf, dtype),
            jnp.asarray(0.0, dtype), jnp.asarray(0.0, dtype))
   it, z, u, rho, r, s, eps_pri, eps_dual = lax.while_loop(cond, body, state)
 

@@ -43,7 +43,7 @@ def resolve_dtype(name: str) -> jnp.dtype:
   """Maps a dtype name to a JAX dtype, enabling x64 if float64 is asked for."""
   if name not in DTYPES:
     raise ValueError(f"dtype: unknown value {name!r}; allowed: {DTYPES}")
-  if name == "float64":
+  if name == "float64" and not float64_enabled():
     enable_float64()
   return jnp.dtype(name)
 

@@ -241,6 +241,7 @@ def canonical(run: dict) -> dict:
   if run["method"] == "nuclear_norm":
     for f in _DMF_ONLY:
       run[f] = None
+    run["dtype"] = "float64"  # ADMM cannot reach its tolerance in float32
   else:
     for f in _NN_ONLY:
       run[f] = None

@@ -11,11 +11,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dmfjax import numerics, problems
+from dmfjax import problems
 from dmfjax import nuclear_norm
 
-numerics.enable_float64()
 F64 = jnp.float64
+
+
+@pytest.fixture(autouse=True)
+def x64():
+  """float64 in these tests only (the rest of the suite expects float32)."""
+  with jax.enable_x64(True):
+    yield
 
 
 def cvxpy_min_nuclear_norm(problem):

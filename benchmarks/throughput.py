@@ -7,6 +7,12 @@ In one process, for each (depth, n, batch):
 * the practical limit: large square fp32 GEMM GFLOP/s at full precision;
 * a naive baseline: one run at a time, one jitted step per Python iteration.
 
+dmfjax is measured in both CPU modes (``--modes``): ``default`` (one JAX device,
+XLA's multi-threaded matmuls) and ``cores`` (one single-threaded JAX device
+per core, the run axis sharded over them: ``--cpu_devices`` of the sweep CLI).
+XLA flags are per process, so each mode runs in a worker subprocess; the GEMM
+limit and the naive baseline are measured in the default mode (all cores).
+
 A step of a depth-N square n x n factorization costs 3(N-1) matmuls,
 6(N-1) n^3 flops (forward product, two gradient products per layer); the
 effective GFLOP/s counts only those. Prints ratios and writes a CSV.
@@ -19,16 +25,21 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
+import os
 import pathlib
+import subprocess
 import sys
 import time
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-from jax import lax
-
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+import dmfjax  # noqa: E402,F401  (sets OPENBLAS_NUM_THREADS before numpy loads)
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from jax import lax  # noqa: E402
+
 from dmfjax import train  # noqa: E402
 from dmfjax.numerics import full_precision  # noqa: E402
 
@@ -67,14 +78,14 @@ def _hp(batch):
 def dmfjax_rate(depth, n, batch, seconds, repeats) -> float:
   """run-steps/s of the chunk kernel."""
   probe = train.batched(_config(depth, n, 4), 1)
-  state = probe.init(_hp(batch))
+  state = probe.init(_sharded(_hp(batch)))
   state, _ = probe.advance(state)
   jax.block_until_ready(state)
   per_step = _time(lambda: jax.block_until_ready(probe.advance(state)[0])) / 4
   del state
   steps = int(np.clip(seconds / max(per_step, 1e-7), 8, 20000))
   fns = train.batched(_config(depth, n, steps), 1)
-  state = fns.init(_hp(batch))
+  state = fns.init(_sharded(_hp(batch)))
   state, _ = fns.advance(state)  # compile
   jax.block_until_ready(state)
   best = np.inf
@@ -104,36 +115,76 @@ def naive_rate(depth, n, seconds) -> float:
   return count / (time.perf_counter() - t0)
 
 
+def _sharded(tree):
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec
+  mesh = Mesh(np.array(jax.local_devices()), ("runs",))
+  return jax.device_put(tree, NamedSharding(mesh, PartitionSpec("runs")))
+
+
+def worker(args):
+  """Measures in this process's mode; prints one JSON object per line."""
+  ints = lambda s: [int(x) for x in s.split(",")]
+  if args.worker == "baseline":
+    print(json.dumps({"kind": "gemm", "gflops": gemm_gflops(),
+                      "device": jax.devices()[0].device_kind}), flush=True)
+  for depth in ints(args.depths):
+    for n in ints(args.sizes):
+      if args.worker == "baseline":
+        print(json.dumps({"kind": "naive", "depth": depth, "n": n,
+                          "rate": naive_rate(depth, n, args.seconds)}), flush=True)
+        continue
+      for batch in ints(args.batches):
+        ndev = len(jax.local_devices())
+        padded = ndev * -(-batch // ndev)
+        rate = dmfjax_rate(depth, n, padded, args.seconds, args.repeats) * batch / padded
+        print(json.dumps({"kind": "dmfjax", "mode": args.worker, "depth": depth, "n": n,
+                          "batch": batch, "rate": rate}), flush=True)
+
+
+def _run_worker(mode, args):
+  env = dict(os.environ)
+  if mode == "cores":
+    cores = len(os.sched_getaffinity(0))
+    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={cores}"
+                        " --xla_cpu_multi_thread_eigen=false")
+  cmd = [sys.executable, __file__, f"--worker={mode}", f"--depths={args.depths}",
+         f"--sizes={args.sizes}", f"--batches={args.batches}", f"--seconds={args.seconds}",
+         f"--repeats={args.repeats}"]
+  out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+  return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--depths", default="2,3,4")
   p.add_argument("--sizes", default="50,100,200")
   p.add_argument("--batches", default="1,8,64,256")
-  p.add_argument("--seconds", type=float, default=0.6, help="per measurement")
+  p.add_argument("--modes", default="default,cores")
+  p.add_argument("--seconds", type=float, default=0.5, help="per measurement")
   p.add_argument("--repeats", type=int, default=3)
   p.add_argument("--csv", default="benchmarks/throughput.csv")
+  p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
   args = p.parse_args(argv)
-  ints = lambda s: [int(x) for x in s.split(",")]
-  device = jax.devices()[0]
-  gemm = gemm_gflops()
-  print(f"device: {device.device_kind} ({device.platform}), {len(jax.devices())} device(s)")
-  print(f"large-GEMM fp32 (HIGHEST) GFLOP/s: {gemm:.1f}")
-  header = ["device", "depth", "n", "batch", "run_steps_per_s", "gflops",
+  if args.worker:
+    return worker(args)
+  base = _run_worker("baseline", args)
+  gemm = next(r for r in base if r["kind"] == "gemm")
+  naive = {(r["depth"], r["n"]): r["rate"] for r in base if r["kind"] == "naive"}
+  print(f"device: {gemm['device']}; large-GEMM fp32 (HIGHEST) GFLOP/s: {gemm['gflops']:.1f}")
+  header = ["device", "mode", "depth", "n", "batch", "run_steps_per_s", "gflops",
             "fraction_of_gemm", "naive_run_steps_per_s", "speedup_vs_naive", "gemm_gflops"]
   rows = []
-  print(f"{'depth':>5} {'n':>4} {'batch':>5} {'run-steps/s':>12} {'GFLOP/s':>8} "
+  print(f"{'mode':>8} {'depth':>5} {'n':>4} {'batch':>5} {'run-steps/s':>12} {'GFLOP/s':>8} "
         f"{'x GEMM':>7} {'naive':>9} {'x naive':>8}")
-  for depth in ints(args.depths):
-    for n in ints(args.sizes):
-      naive = naive_rate(depth, n, args.seconds)
-      for batch in ints(args.batches):
-        rate = dmfjax_rate(depth, n, batch, args.seconds, args.repeats)
-        gflops = rate * step_flops(depth, n) / 1e9
-        row = [device.device_kind, depth, n, batch, rate, gflops, gflops / gemm, naive,
-               rate / naive, gemm]
-        rows.append(row)
-        print(f"{depth:>5} {n:>4} {batch:>5} {rate:>12,.0f} {gflops:>8.1f} "
-              f"{gflops / gemm:>7.2f} {naive:>9,.0f} {rate / naive:>8.1f}", flush=True)
+  for mode in args.modes.split(","):
+    for r in _run_worker(mode, args):
+      gflops = r["rate"] * step_flops(r["depth"], r["n"]) / 1e9
+      nv = naive[(r["depth"], r["n"])]
+      rows.append([gemm["device"], mode, r["depth"], r["n"], r["batch"], r["rate"], gflops,
+                   gflops / gemm["gflops"], nv, r["rate"] / nv, gemm["gflops"]])
+      print(f"{mode:>8} {r['depth']:>5} {r['n']:>4} {r['batch']:>5} {r['rate']:>12,.0f} "
+            f"{gflops:>8.1f} {gflops / gemm['gflops']:>7.2f} {nv:>9,.0f} "
+            f"{r['rate'] / nv:>8.1f}", flush=True)
   path = pathlib.Path(args.csv)
   path.parent.mkdir(parents=True, exist_ok=True)
   with open(path, "w", newline="") as f:

@@ -197,15 +197,24 @@ class Interrupted(Exception):
   pass
 
 
+COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+
+
 class Progress:
-  """Runs done/total, run-steps/s and ETA on stderr."""
+  """Runs done/total, run-steps/s and ETA on stderr; compile count and time."""
 
   def __init__(self, total_runs: int, stream=sys.stderr, every_s: float = 2.0):
     self.total, self.done = total_runs, 0
     self.useful = self.executed = 0
+    self.compilations, self.compile_seconds = 0, 0.0
     self.start = time.perf_counter()
     self.stream, self.every_s, self.last = stream, every_s, 0.0
     self.label = ""
+
+  def on_event_duration(self, event: str, duration: float, **kwargs):
+    if event == COMPILE_EVENT:
+      self.compilations += 1
+      self.compile_seconds += duration
 
   def update(self, executed=0, useful=0, done=0, label=None, force=False):
     self.executed += executed
@@ -513,18 +522,22 @@ def run_sweep(spec: spec_lib.Spec, out, num_shards: int = 1, shard_index: int = 
     signal.signal(signal.SIGINT, on_sigint)
   except ValueError:  # not the main thread
     in_main = False
+  jax.monitoring.register_event_duration_secs_listener(progress.on_event_duration)
   try:
     executor.execute()
   finally:
+    jax.monitoring.unregister_event_duration_listener(progress.on_event_duration)
     if in_main:
       signal.signal(signal.SIGINT, previous)
   progress.update(force=True)
   elapsed = time.perf_counter() - progress.start
-  print(f"[dmfjax] done: {progress.done} runs in {elapsed:,.1f}s; executed "
+  print(f"[dmfjax] done: {progress.done} runs in {elapsed:,.1f}s "
+        f"({progress.compilations} compilations, {progress.compile_seconds:,.1f}s); executed "
         f"{progress.executed:,} run-steps for {progress.useful:,} useful "
         f"({progress.executed / max(progress.useful, 1):.2f}x)", file=stream)
   p.stats = dict(executed_run_steps=progress.executed, useful_run_steps=progress.useful,
-                 wall_seconds=elapsed)
+                 wall_seconds=elapsed, compilations=progress.compilations,
+                 compile_seconds=progress.compile_seconds)
   return p
 
 

@@ -104,3 +104,15 @@ def test_resume_after_sigkill(reference, tmp_path):
   proc = run_cli(spec_path, target)
   assert "0 to run" in proc.stderr
   assert len(runs_table(target)) == 12
+
+
+def test_no_recompilation_for_a_shape_already_seen(reference, tmp_path):
+  """A second sweep of the same shapes compiles nothing new (hot path)."""
+  spec_path, _, first = reference
+  assert first.stats["compilations"] > 0
+  spec = spec_lib.load_spec(spec_path)
+  # Other seeds and learning rates: new runs, same compiled groups and shapes.
+  spec = spec_lib.apply_overrides(spec, ["seeds=10,11,12", "lr=5e-3,2e-2"])
+  p = sweep.run_sweep(spec, tmp_path / "out", stream=io.StringIO(), repack=False)
+  assert len(runs_table(tmp_path / "out")) == 12
+  assert p.stats["compilations"] == 0

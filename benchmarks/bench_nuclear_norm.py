@@ -30,14 +30,19 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import pathlib
+import sys
 import time
 
-import jax
-import jax.numpy as jnp
-import numpy as np
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+import dmfjax  # noqa: E402,F401  (sets OPENBLAS_NUM_THREADS before numpy loads)
 
-from dmfjax import numerics, problems
-from dmfjax import nuclear_norm
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from dmfjax import numerics, problems  # noqa: E402
+from dmfjax import nuclear_norm  # noqa: E402
 
 
 def parse_args():

@@ -7,11 +7,11 @@ In one process, for each (depth, n, batch):
 * the practical limit: large square fp32 GEMM GFLOP/s at full precision;
 * a naive baseline: one run at a time, one jitted step per Python iteration.
 
-dmfjax is measured in both CPU modes (``--modes``): ``default`` (one JAX device,
-XLA's multi-threaded matmuls) and ``cores`` (one single-threaded JAX device
-per core, the run axis sharded over them: ``--cpu_devices`` of the sweep CLI).
-XLA flags are per process, so each mode runs in a worker subprocess; the GEMM
-limit and the naive baseline are measured in the default mode (all cores).
+The baseline (GEMM, naive loop) and dmfjax run in two worker subprocesses of
+one benchmark run, each with the whole machine. ``--modes cores`` adds an
+experimental CPU mode (one single-threaded JAX device per core, the run axis
+sharded over them): about 2x faster on 2 cores, but XLA's CPU runtime
+deadlocks in it for some programs (see RESULTS.md), so dmfjax does not use it.
 
 A step of a depth-N square n x n factorization costs 3(N-1) matmuls,
 6(N-1) n^3 flops (forward product, two gradient products per layer); the
@@ -159,7 +159,7 @@ def main(argv=None):
   p.add_argument("--depths", default="2,3,4")
   p.add_argument("--sizes", default="50,100,200")
   p.add_argument("--batches", default="1,8,64,256")
-  p.add_argument("--modes", default="default,cores")
+  p.add_argument("--modes", default="default")
   p.add_argument("--seconds", type=float, default=0.5, help="per measurement")
   p.add_argument("--repeats", type=int, default=3)
   p.add_argument("--csv", default="benchmarks/throughput.csv")

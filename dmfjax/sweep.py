@@ -547,9 +547,6 @@ def main(argv):
   FLAGS = flags.FLAGS
   if len(argv) > 1:
     raise SystemExit(f"unexpected arguments: {argv[1:]}")
-  from dmfjax import devices
-  if FLAGS.cpu_devices:
-    devices.use_cpu_cores(None if FLAGS.cpu_devices < 0 else FLAGS.cpu_devices)
   try:
     spec = spec_lib.load_spec(FLAGS.spec)
     overrides = list(FLAGS.set or [])
@@ -601,9 +598,6 @@ def _define_flags():
   flags.DEFINE_integer("num_shards", 1, "Split the plan into this many shards.")
   flags.DEFINE_integer("shard_index", 0, "Which shard this process runs.")
   flags.DEFINE_float("memory_gb", None, "Device memory budget per device (GiB).")
-  flags.DEFINE_integer("cpu_devices", 0, "Expose CPU cores as single-threaded JAX devices "
-                       "the run axis shards over (-1: all cores; 0: off). Experimental: "
-                       "~2x batched throughput on CPU, but XLA hangs on depth-1 runs.")
   flags.DEFINE_bool("repack", True, "Repack unfinished runs into smaller batches.")
   flags.DEFINE_bool("report", False, "Write figures and a Markdown report at the end.")
   flags.mark_flag_as_required("spec")

@@ -62,13 +62,13 @@ member stops; finished members are frozen).
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Optional
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
+from dmfjax import pytree
 from dmfjax.numerics import matmul
 from dmfjax.problems import CompletionProblem, Problem, SensingProblem
 
@@ -78,7 +78,7 @@ RHO_FACTOR = 1.5        # ... by this factor
 ADAPT_EVERY = 10        # iterations between rho updates
 
 
-@dataclasses.dataclass(frozen=True)
+@pytree.dataclass
 class NuclearNormResult:
   """Output of :func:`solve`.
 
@@ -100,12 +100,6 @@ class NuclearNormResult:
   nuclear_norm: jax.Array
   dual_objective: jax.Array
   converged: jax.Array
-
-
-jax.tree_util.register_dataclass(
-    NuclearNormResult,
-    data_fields=[f.name for f in dataclasses.fields(NuclearNormResult)],
-    meta_fields=[])
 
 
 def singular_value_threshold(m: jax.Array, threshold: jax.Array) -> jax.Array:

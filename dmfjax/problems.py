@@ -25,24 +25,18 @@ held-out entries go into ``test_mask``/``test_target`` (see ``ratings.py``).
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Optional, Union
 
 import jax
 import jax.numpy as jnp
 
+from dmfjax import pytree
 from dmfjax.numerics import matmul
 
 PROBLEM_KINDS = ("completion", "sensing", "ratings")
 
 
-def _pytree_dataclass(cls):
-  cls = dataclasses.dataclass(frozen=True)(cls)
-  fields = [f.name for f in dataclasses.fields(cls)]
-  return jax.tree_util.register_dataclass(cls, data_fields=fields, meta_fields=[])
-
-
-@_pytree_dataclass
+@pytree.dataclass
 class CompletionProblem:
   """Observed entries of W* as a dense mask.
 
@@ -78,7 +72,7 @@ class CompletionProblem:
     return jnp.max(jnp.abs(self.residual(w)))
 
 
-@_pytree_dataclass
+@pytree.dataclass
 class SensingProblem:
   """Gaussian linear measurements y_i = <A_i, W*>.
 

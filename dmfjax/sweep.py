@@ -244,6 +244,21 @@ def _float(x) -> float:
   return float(np.asarray(x))
 
 
+def _row(run: dict, summary, s: int, **extra) -> dict:
+  """A runs-table row: the run's config, slot ``s`` of a batched summary, extras."""
+  return dict(
+      {k: _py(v) for k, v in run.items()}, steps=int(summary.step[s]),
+      train_loss=_float(summary.train_loss[s]),
+      reconstruction_error=_float(summary.reconstruction_error[s]),
+      test_error=_float(summary.test_error[s]),
+      nuclear_norm=_float(summary.nuclear_norm[s]),
+      effective_rank=_float(summary.effective_rank[s]),
+      truth_nuclear_norm=_float(summary.truth_nuclear_norm[s]),
+      truth_effective_rank=_float(summary.truth_effective_rank[s]),
+      singular_values=np.asarray(summary.singular_values[s], np.float64).tolist(),
+      constraint_residual=_float(summary.constraint_residual[s]), **extra)
+
+
 class Executor:
   """Runs the groups of a plan and commits their results."""
 
@@ -379,19 +394,8 @@ class Executor:
       r = batch[i]
       status = train.STATUS_NAMES[int(summary.status[s])]
       steps = int(summary.step[s])
-      rows.append(dict(
-          {k: _py(v) for k, v in r.items()}, status=status, steps=steps,
-          diverged_step=steps if status == "diverged" else None,
-          train_loss=_float(summary.train_loss[s]),
-          reconstruction_error=_float(summary.reconstruction_error[s]),
-          test_error=_float(summary.test_error[s]),
-          nuclear_norm=_float(summary.nuclear_norm[s]),
-          effective_rank=_float(summary.effective_rank[s]),
-          truth_nuclear_norm=_float(summary.truth_nuclear_norm[s]),
-          truth_effective_rank=_float(summary.truth_effective_rank[s]),
-          singular_values=np.asarray(summary.singular_values[s], np.float64).tolist(),
-          constraint_residual=_float(summary.constraint_residual[s]),
-          wall_seconds=wall))
+      rows.append(_row(r, summary, s, status=status, wall_seconds=wall,
+                       diverged_step=steps if status == "diverged" else None))
       traj.extend(trajectories.pop(i))
       self.progress.useful += steps
     self.writer.write(rows, traj)
@@ -422,23 +426,10 @@ class Executor:
     with full_precision():
       res, summary = jax.device_get(solve(hp, shared) if shared is not None else solve(hp))
     wall = time.perf_counter() - t0
-    rows = []
-    for s, r in enumerate(batch):
-      rows.append(dict(
-          {k: _py(v) for k, v in r.items()},
-          status="converged" if bool(res.converged[s]) else "budget",
-          steps=int(res.iterations[s]), diverged_step=None,
-          train_loss=_float(summary.train_loss[s]),
-          reconstruction_error=_float(summary.reconstruction_error[s]),
-          test_error=_float(summary.test_error[s]),
-          nuclear_norm=_float(summary.nuclear_norm[s]),
-          effective_rank=_float(summary.effective_rank[s]),
-          truth_nuclear_norm=_float(summary.truth_nuclear_norm[s]),
-          truth_effective_rank=_float(summary.truth_effective_rank[s]),
-          singular_values=np.asarray(summary.singular_values[s], np.float64).tolist(),
-          solver_iterations=int(res.iterations[s]),
-          constraint_residual=_float(res.constraint_residual[s]),
-          optimality_gap=_float(res.optimality_gap[s]), wall_seconds=wall))
+    rows = [_row(r, summary, s, status="converged" if bool(res.converged[s]) else "budget",
+                 solver_iterations=int(res.iterations[s]),
+                 optimality_gap=_float(res.optimality_gap[s]), wall_seconds=wall)
+            for s, r in enumerate(batch)]
     self.writer.write(rows, [])
     self.progress.update(done=len(rows), label=g.label, force=True)
 
@@ -447,28 +438,13 @@ class Executor:
 def nuclear_norm_batch(cfg, tol: float, max_iters: int, shared: bool):
   """Jitted, vmapped: hyperparams (problem seeds) -> (solver result, summary)."""
   import jax
-  from dmfjax import metrics, nuclear_norm, train
+  from dmfjax import nuclear_norm, train
 
   def one(hp, problem=None):
     if problem is None:
       problem = train.make_problem(cfg, hp)
     res = nuclear_norm.solve(problem, tol=tol, max_iters=max_iters)
-    sigma = metrics.singular_values(res.w)
-    if problem.w_star is not None:
-      truth = metrics.singular_values(problem.w_star)
-      truth_nn, truth_er = metrics.nuclear_norm(truth), metrics.effective_rank(truth)
-      recon = metrics.reconstruction_error(res.w, problem.w_star)
-    else:
-      truth_nn = truth_er = recon = jax.numpy.asarray(jax.numpy.nan, res.w.dtype)
-    test = (metrics.masked_mse(res.w, problem.test_mask, problem.test_target)
-            if problem.test_mask is not None else jax.numpy.asarray(jax.numpy.nan, res.w.dtype))
-    summary = train.RunSummary(
-        step=res.iterations, status=jax.numpy.asarray(0), train_loss=problem.loss(res.w),
-        reconstruction_error=recon, test_error=test,
-        nuclear_norm=metrics.nuclear_norm(sigma), effective_rank=metrics.effective_rank(sigma),
-        singular_values=sigma, truth_nuclear_norm=truth_nn, truth_effective_rank=truth_er,
-        constraint_residual=res.constraint_residual)
-    return res, summary
+    return res, train.summarize(problem, res.w, res.iterations, jax.numpy.asarray(0))
 
   return jax.jit(jax.vmap(one, in_axes=(0, None) if shared else (0,)))
 

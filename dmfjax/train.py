@@ -38,6 +38,7 @@ import numpy as np
 import optax
 
 from dmfjax import metrics, models, optimizers, problems
+from dmfjax import pytree
 from dmfjax.numerics import full_precision, resolve_dtype
 
 RUNNING, CONVERGED, BUDGET, DIVERGED = 0, 1, 2, 3
@@ -73,13 +74,7 @@ class RunConfig:
     return resolve_dtype(self.dtype)
 
 
-def _pytree_dataclass(cls):
-  cls = dataclasses.dataclass(frozen=True)(cls)
-  fields = [f.name for f in dataclasses.fields(cls)]
-  return jax.tree_util.register_dataclass(cls, data_fields=fields, meta_fields=[])
-
-
-@_pytree_dataclass
+@pytree.dataclass
 class Hyperparams:
   """Dynamic per-run numbers (each a scalar array; batched along axis 0)."""
   seed: Any
@@ -103,7 +98,7 @@ class Hyperparams:
                                       shape) for k, v in values.items()})
 
 
-@_pytree_dataclass
+@pytree.dataclass
 class RunState:
   factors: tuple
   opt_state: Any
@@ -115,7 +110,7 @@ class RunState:
   initial_loss: jax.Array
 
 
-@_pytree_dataclass
+@pytree.dataclass
 class LogRecord:
   step: jax.Array
   status: jax.Array
@@ -129,7 +124,7 @@ class LogRecord:
   alignment_offdiag: Optional[jax.Array]
 
 
-@_pytree_dataclass
+@pytree.dataclass
 class RunSummary:
   step: jax.Array
   status: jax.Array
@@ -264,19 +259,15 @@ def final_status(state: RunState, loss: jax.Array) -> jax.Array:
   return jnp.where(exhausted, resolved, state.status).astype(jnp.int32)
 
 
-def finalize(cfg: RunConfig, state: RunState) -> RunSummary:
-  """Final metrics of a run (full singular spectrum)."""
-  w = models.end_to_end(state.factors)
+def summarize(problem, w: jax.Array, step, status) -> RunSummary:
+  """Final metrics of an end-to-end matrix ``w`` for ``problem``."""
   sigma = metrics.singular_values(w)
-  problem = state.problem
-  loss = problem.loss(w)
   if problem.w_star is not None:
     truth = metrics.singular_values(problem.w_star)
     truth_nn, truth_er = metrics.nuclear_norm(truth), metrics.effective_rank(truth)
   else:
     truth_nn = truth_er = jnp.asarray(jnp.nan, w.dtype)
-  return RunSummary(step=state.step, status=final_status(state, loss),
-                    train_loss=loss,
+  return RunSummary(step=step, status=status, train_loss=problem.loss(w),
                     reconstruction_error=_reconstruction_error(problem, w),
                     test_error=_test_error(problem, w),
                     nuclear_norm=metrics.nuclear_norm(sigma),
@@ -284,6 +275,13 @@ def finalize(cfg: RunConfig, state: RunState) -> RunSummary:
                     singular_values=sigma, truth_nuclear_norm=truth_nn,
                     truth_effective_rank=truth_er,
                     constraint_residual=problem.constraint_residual(w))
+
+
+def finalize(cfg: RunConfig, state: RunState) -> RunSummary:
+  """Final metrics of a run (full singular spectrum)."""
+  w = models.end_to_end(state.factors)
+  loss = state.problem.loss(w)
+  return summarize(state.problem, w, state.step, final_status(state, loss))
 
 
 def run(cfg: RunConfig, hp: Hyperparams, num_logs: int, problem=None):

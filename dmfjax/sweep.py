@@ -404,17 +404,18 @@ class Executor:
   # -- minimum nuclear norm ------------------------------------------------
 
   def _run_nuclear_norm_batch(self, g: Group, batch: list):
-    with self.jax.enable_x64(r0_is_64 := batch[0]["dtype"] == "float64"):
-      self._solve_nuclear_norm_batch(g, batch, r0_is_64)
+    # Nuclear-norm runs are float64 (spec.canonical): x64 for this batch only.
+    with self.jax.enable_x64(True):
+      self._solve_nuclear_norm_batch(g, batch)
 
-  def _solve_nuclear_norm_batch(self, g: Group, batch: list, float64: bool):
+  def _solve_nuclear_norm_batch(self, g: Group, batch: list):
     jax = self.jax
     from dmfjax import train
     from dmfjax.numerics import full_precision
     r0 = batch[0]
-    dtype = jax.numpy.float64 if float64 else jax.numpy.float32
+    dtype = jax.numpy.dtype(r0["dtype"])
     shared = self._shared_problem(r0)
-    size = bucket(len(batch), self.plan.num_devices)
+    size = self.plan.num_devices * math.ceil(len(batch) / self.plan.num_devices)
     seeds = [r["problem_seed"] for r in batch] + [batch[0]["problem_seed"]] * (size - len(batch))
     cfg = train.RunConfig(problem=r0["problem"], n_rows=r0["n_rows"], n_cols=r0["n_cols"],
                           rank=r0["rank"], n_obs=r0["n_obs"], symmetric=r0["symmetric"],

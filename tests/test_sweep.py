@@ -118,3 +118,29 @@ def test_no_recompilation_for_a_shape_already_seen(tmp_path):
   second = sweep.run_sweep(spec, tmp_path / "b", stream=io.StringIO(), repack=False)
   assert len(runs_table(tmp_path / "b")) == 6
   assert second.stats["compilations"] == 0
+
+
+def test_nuclear_norm_runs_go_through_the_sweep(tmp_path):
+  """method=nuclear_norm: same tables, float64, equal to solving directly."""
+  import jax
+  from dmfjax import metrics, nuclear_norm, train
+  spec = spec_lib.load_spec(write_spec(tmp_path / "spec.py", method=["dmf", "nuclear_norm"],
+                                       depth=2, lr=1e-2, seeds=2, max_steps=200))
+  sweep.run_sweep(spec, tmp_path / "out", stream=io.StringIO())
+  runs = runs_table(tmp_path / "out")
+  nn = runs[runs.method == "nuclear_norm"]
+  assert len(nn) == 2 and len(runs) == 4
+  assert nn.depth.isna().all() and nn.lr.isna().all() and (nn.dtype == "float64").all()
+  assert (nn.status == "converged").all() and (nn.constraint_residual < 1e-6).all()
+  assert (nn.optimality_gap < 1e-4).all() and (nn.solver_iterations > 0).all()
+  assert not jax.config.jax_enable_x64  # x64 only inside the batch
+  with jax.enable_x64(True):
+    for _, row in nn.iterrows():
+      cfg = train.RunConfig(n_rows=12, n_cols=10, rank=2, n_obs=60, dtype="float64")
+      hp = train.Hyperparams.make(problem_seed=int(row.problem_seed), dtype=np.float64)
+      problem = train.make_problem(cfg, hp)
+      res = nuclear_norm.solve(problem, tol=1e-6, max_iters=5000)
+      np.testing.assert_allclose(row.reconstruction_error,
+                                 float(metrics.reconstruction_error(res.w, problem.w_star)),
+                                 rtol=1e-6)
+      np.testing.assert_allclose(row.nuclear_norm, float(res.nuclear_norm), rtol=1e-6)

@@ -71,6 +71,7 @@ class Plan:
   num_devices: int
   memory_budget: int
   problems: list        # messages about skipped files
+  stats: dict = dataclasses.field(default_factory=dict)  # filled by run_sweep
 
 
 STATIC_FIELDS = ("method", "problem", "n_rows", "n_cols", "rank", "n_obs",
@@ -512,7 +513,7 @@ def run_sweep(spec: spec_lib.Spec, out, num_shards: int = 1, shard_index: int = 
         f"({progress.compilations} compilations, {progress.compile_seconds:,.1f}s); executed "
         f"{progress.executed:,} run-steps for {progress.useful:,} useful "
         f"({progress.executed / max(progress.useful, 1):.2f}x)", file=stream)
-  p.stats = dict(executed_run_steps=progress.executed, useful_run_steps=progress.useful,
+  p.stats.update(executed_run_steps=progress.executed, useful_run_steps=progress.useful,
                  wall_seconds=elapsed, compilations=progress.compilations,
                  compile_seconds=progress.compile_seconds)
   return p

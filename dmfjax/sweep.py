@@ -31,9 +31,12 @@ import sys
 import time
 from typing import Optional
 
+import jax
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from dmfjax import results, spec as spec_lib
+from dmfjax import (analysis, nuclear_norm, numerics, ratings, results,
+                    spec as spec_lib, train)
 
 # ---------------------------------------------------------------------------
 # Planning (host only: no JAX compile happens here).
@@ -109,7 +112,6 @@ def bytes_per_run(run: dict) -> int:
 
 def default_memory_budget() -> int:
   """Bytes per device: 70% of an accelerator's memory, or 40% of host RAM."""
-  import jax
   device = jax.local_devices()[0]
   stats = device.memory_stats() if device.platform != "cpu" else None
   if stats and stats.get("bytes_limit"):
@@ -122,6 +124,11 @@ def shard_of(run_id: str, num_shards: int) -> int:
   return int(run_id, 16) % num_shards
 
 
+def padded(count: int, num_devices: int) -> int:
+  """The smallest multiple of num_devices holding ``count`` runs."""
+  return num_devices * math.ceil(count / num_devices)
+
+
 def bucket(count: int, num_devices: int) -> int:
   """Smallest power of two times num_devices holding ``count`` runs."""
   per_device = math.ceil(count / num_devices)
@@ -129,7 +136,6 @@ def bucket(count: int, num_devices: int) -> int:
 
 
 def _ratings_info(path, test_fraction):
-  from dmfjax import ratings
   data = ratings.load(path)
   n_test = int(round(test_fraction * len(data)))
   return data.n_items, data.n_users, len(data) - n_test
@@ -148,7 +154,6 @@ def plan(spec: spec_lib.Spec, out, num_shards: int = 1, shard_index: int = 0,
   finished = results.finished_run_ids(out, problems) if out is not None else set()
   todo = [r for r in runs if r["run_id"] not in finished]
   if num_devices is None:
-    import jax
     num_devices = len(jax.local_devices())
   if memory_budget is None:
     memory_budget = default_memory_budget()
@@ -181,7 +186,7 @@ def describe(p: Plan, spec: spec_lib.Spec) -> str:
   total = 0
   for g in p.groups:
     batches = math.ceil(len(g.runs) / g.batch_size)
-    size = p.num_devices * math.ceil(g.batch_size / p.num_devices)
+    size = padded(g.batch_size, p.num_devices)
     total += g.max_run_steps
     lines.append(f"  [{g.label}] {len(g.runs)} runs, {batches} batch(es) of <= {size}, "
                  f"<= {g.max_run_steps:,} run-steps, ~{size * g.per_run_bytes / 2**20:,.0f} MiB"
@@ -265,9 +270,6 @@ class Executor:
 
   def __init__(self, plan_: Plan, spec: spec_lib.Spec, writer: results.Writer,
                progress: Progress, repack: bool = True):
-    import jax
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec
-    self.jax = jax
     self.plan, self.spec, self.writer, self.progress = plan_, spec, writer, progress
     devices = jax.local_devices()[:plan_.num_devices]
     self.sharding = NamedSharding(Mesh(np.array(devices), ("runs",)), PartitionSpec("runs"))
@@ -277,7 +279,7 @@ class Executor:
   # -- helpers -------------------------------------------------------------
 
   def _put(self, tree):
-    return self.jax.device_put(tree, self.sharding)
+    return jax.device_put(tree, self.sharding)
 
   def _check_interrupt(self):
     if self.stop_requested:
@@ -296,31 +298,26 @@ class Executor:
   # -- deep matrix factorization -------------------------------------------
 
   def _config(self, r):
-    from dmfjax.train import RunConfig
-    return RunConfig(problem=r["problem"], n_rows=r["n_rows"], n_cols=r["n_cols"],
+    return train.RunConfig(problem=r["problem"], n_rows=r["n_rows"], n_cols=r["n_cols"],
                      rank=r["rank"], n_obs=r["n_obs"], symmetric=r["symmetric"],
                      depth=r["depth"], width=r["width"], init=r["init"],
                      optimizer=r["optimizer"], log_every=r["log_every"],
                      top_k=r["top_k"], alignment=r["alignment"], dtype=r["dtype"])
 
   def _shared_problem(self, r):
-    from dmfjax import ratings
-    from dmfjax.numerics import resolve_dtype
     if r["problem"] != "ratings":
       return None
     data = ratings.load(r["data"])
     return ratings.problem(data, r["test_fraction"], r["problem_seed"],
-                           resolve_dtype(r["dtype"]))
+                           numerics.resolve_dtype(r["dtype"]))
 
   def _run_dmf_batch(self, g: Group, batch: list):
-    jax = self.jax
-    from dmfjax import train
     cfg = self._config(batch[0])
     num_logs = max(1, math.ceil(self.spec.chunk_steps / cfg.log_every))
     chunk = num_logs * cfg.log_every
     problem = self._shared_problem(batch[0])
     fns = train.batched(cfg, num_logs, shared_problem=problem is not None)
-    size = self.plan.num_devices * math.ceil(len(batch) / self.plan.num_devices)
+    size = padded(len(batch), self.plan.num_devices)
     slots = list(range(len(batch))) + [None] * (size - len(batch))
     col = lambda f, pad: [batch[i][f] if i is not None else pad for i in slots]
     hp = train.Hyperparams.make(
@@ -363,7 +360,7 @@ class Executor:
     """Appends new (run, step) trajectory rows from host log records."""
     steps = np.asarray(logs.step)
     if not leading_axis:
-      logs = self.jax.tree_util.tree_map(lambda x: np.asarray(x)[None], logs)
+      logs = jax.tree_util.tree_map(lambda x: np.asarray(x)[None], logs)
       steps = steps[None]
     for t in range(steps.shape[0]):
       for s, i in enumerate(slots):
@@ -388,7 +385,6 @@ class Executor:
                                else _float(logs.alignment_offdiag[t, s]))))
 
   def _commit(self, batch, slots, done, summary, trajectories, wall):
-    from dmfjax import train
     rows, traj = [], []
     for s in done:
       i = slots[s]
@@ -406,17 +402,14 @@ class Executor:
 
   def _run_nuclear_norm_batch(self, g: Group, batch: list):
     # Nuclear-norm runs are float64 (spec.canonical): x64 for this batch only.
-    with self.jax.enable_x64(True):
+    with jax.enable_x64(True):
       self._solve_nuclear_norm_batch(g, batch)
 
   def _solve_nuclear_norm_batch(self, g: Group, batch: list):
-    jax = self.jax
-    from dmfjax import train
-    from dmfjax.numerics import full_precision
     r0 = batch[0]
     dtype = jax.numpy.dtype(r0["dtype"])
     shared = self._shared_problem(r0)
-    size = self.plan.num_devices * math.ceil(len(batch) / self.plan.num_devices)
+    size = padded(len(batch), self.plan.num_devices)
     seeds = [r["problem_seed"] for r in batch] + [batch[0]["problem_seed"]] * (size - len(batch))
     cfg = train.RunConfig(problem=r0["problem"], n_rows=r0["n_rows"], n_cols=r0["n_cols"],
                           rank=r0["rank"], n_obs=r0["n_obs"], symmetric=r0["symmetric"],
@@ -425,7 +418,7 @@ class Executor:
                                shared is not None)
     t0 = time.perf_counter()
     hp = self._put(train.Hyperparams.make(problem_seed=seeds, dtype=dtype))
-    with full_precision():
+    with numerics.full_precision():
       res, summary = jax.device_get(solve(hp, shared) if shared is not None else solve(hp))
     wall = time.perf_counter() - t0
     rows = [_row(r, summary, s, status="converged" if bool(res.converged[s]) else "budget",
@@ -439,8 +432,6 @@ class Executor:
 @functools.lru_cache(maxsize=None)
 def nuclear_norm_batch(cfg, tol: float, max_iters: int, shared: bool):
   """Jitted, vmapped: hyperparams (problem seeds) -> (solver result, summary)."""
-  import jax
-  from dmfjax import nuclear_norm, train
 
   def one(hp, problem=None):
     if problem is None:
@@ -457,7 +448,6 @@ def nuclear_norm_batch(cfg, tol: float, max_iters: int, shared: bool):
 
 def summary_table(runs) -> str:
   """The depth comparison printed at the end of a sweep."""
-  from dmfjax import analysis
   if len(runs) == 0:
     return "(no runs)"
   table = analysis.depth_comparison(runs)
@@ -471,7 +461,6 @@ def run_sweep(spec: spec_lib.Spec, out, num_shards: int = 1, shard_index: int = 
 
   Raises ``Interrupted`` if SIGINT arrived (what finished is written).
   """
-  import jax
   out = pathlib.Path(out)
   plan(spec, None, num_shards, shard_index, memory_budget)  # validate before writing
   writer = results.Writer(out, tag=f"s{shard_index}of{num_shards}")
@@ -539,7 +528,6 @@ def main(argv):
       return 0
     if not FLAGS.out:
       raise spec_lib.SpecError("out: --out DIR is required")
-    from dmfjax import numerics
     if spec.dtype == "float64" or "float64" in spec_lib._as_list(spec.dtype):
       numerics.enable_float64()
     p = run_sweep(spec, FLAGS.out, FLAGS.num_shards, FLAGS.shard_index,

@@ -2,16 +2,19 @@
 
 In one process, for each (depth, n, batch):
 
-* dmfjax: the vmapped, jitted chunk kernel (``train.batched(...).advance``),
-  timed after compilation, best of ``--repeats``;
-* the practical limit: large square fp32 GEMM GFLOP/s at full precision;
+* dmfjax, the vmapped, jitted chunk kernel (``train.batched(...).advance``)
+  timed after compilation, best of ``--repeats``, in two modes:
+  ``single``: the whole batch in one process (what an accelerator runs);
+  ``workers``: the batch split over K single-threaded worker processes
+  (K = ``--workers``, default: the number of cores), each advancing its
+  share at the same time -- what ``dmfjax.sweep`` does on a CPU (the planner
+  cuts a group into K batches, ``dmfjax.workers`` runs them). Its rate is
+  the run-steps of all workers over the common wall-clock window.
+* the practical limit: large square fp32 GEMM GFLOP/s at full precision
+  (XLA's multi-threaded GEMM, the whole machine);
 * a naive baseline: one run at a time, one jitted step per Python iteration.
 
-The baseline (GEMM, naive loop) and dmfjax run in two worker subprocesses of
-one benchmark run, each with the whole machine. ``--modes cores`` adds an
-experimental CPU mode (one single-threaded JAX device per core, the run axis
-sharded over them): about 2x faster on 2 cores, but XLA's CPU runtime
-deadlocks in it for some programs (see RESULTS.md), so dmfjax does not use it.
+Everything runs in subprocesses of one benchmark run, one after another.
 
 A step of a depth-N square n x n factorization costs 3(N-1) matmuls,
 6(N-1) n^3 flops (forward product, two gradient products per layer); the
@@ -75,8 +78,8 @@ def _hp(batch):
                                 max_steps=2**30)
 
 
-def dmfjax_rate(depth, n, batch, seconds, repeats) -> float:
-  """run-steps/s of the chunk kernel."""
+def _prepared(depth, n, batch, seconds):
+  """A compiled chunk function of about ``seconds`` and its warm state."""
   probe = train.batched(_config(depth, n, 4), 1)
   state = probe.init(_sharded(_hp(batch)))
   state, _ = probe.advance(state)
@@ -88,6 +91,12 @@ def dmfjax_rate(depth, n, batch, seconds, repeats) -> float:
   state = fns.init(_sharded(_hp(batch)))
   state, _ = fns.advance(state)  # compile
   jax.block_until_ready(state)
+  return fns, state, steps
+
+
+def dmfjax_rate(depth, n, batch, seconds, repeats) -> float:
+  """run-steps/s of the chunk kernel on one batch."""
+  fns, state, steps = _prepared(depth, n, batch, seconds)
   best = np.inf
   for _ in range(repeats):
     t = time.perf_counter()
@@ -95,6 +104,57 @@ def dmfjax_rate(depth, n, batch, seconds, repeats) -> float:
     jax.block_until_ready(state)
     best = min(best, time.perf_counter() - t)
   return steps * batch / best
+
+
+def _worker_share(index, barrier, results, configs, seconds, repeats):
+  """One worker process: for each config, its share of the batch, in step."""
+  from dmfjax import workers
+  workers.pin_to_core(index)  # as dmfjax.workers does, before JAX starts
+  for depth, n, share in configs:
+    fns, state, steps = _prepared(depth, n, share, seconds)
+    for r in range(repeats):
+      barrier.wait()
+      t = time.perf_counter()
+      state, _ = fns.advance(state)
+      jax.block_until_ready(state)
+      end = time.perf_counter()
+      results.put((depth, n, share, r, steps * share, t, end))
+    barrier.wait()
+
+
+def workers_rates(configs, num_workers, seconds, repeats) -> dict:
+  """{(depth, n, batch): run-steps/s} with each batch split over the workers.
+
+  Per repeat, every worker advances its share once, all started together (a
+  barrier); the rate is all workers' run-steps over the window from the first
+  start to the last end; the best repeat counts.
+  """
+  import multiprocessing
+  from dmfjax import workers
+  ctx = multiprocessing.get_context("spawn")
+  shares = [(d, n, -(-b // num_workers)) for d, n, b in configs]
+  barrier, results = ctx.Barrier(num_workers), ctx.Queue()
+  with workers.environment(workers.single_thread_environment()):
+    procs = [ctx.Process(target=_worker_share,
+                         args=(i, barrier, results, shares, seconds, repeats))
+             for i in range(num_workers)]
+    for p in procs:
+      p.start()
+  windows: dict = {}
+  for _ in range(len(configs) * repeats * num_workers):
+    d, n, share, r, run_steps, t, end = results.get(timeout=3600)
+    windows.setdefault((d, n, share, r), []).append((run_steps, t, end))
+  for p in procs:
+    p.join()
+  rates = {}
+  for (d, n, b), (_, _, share) in zip(configs, shares):
+    best = 0.0
+    for r in range(repeats):
+      rows = windows[(d, n, share, r)]
+      span = max(e for _, _, e in rows) - min(t for _, t, _ in rows)
+      best = max(best, sum(s for s, _, _ in rows) / span)
+    rates[(d, n, b)] = best * b / (share * num_workers)  # count only the b real runs
+  return rates
 
 
 def naive_rate(depth, n, seconds) -> float:
@@ -127,6 +187,14 @@ def worker(args):
   if args.worker == "baseline":
     print(json.dumps({"kind": "gemm", "gflops": gemm_gflops(),
                       "device": jax.devices()[0].device_kind}), flush=True)
+  configs = [(d, n, b) for d in ints(args.depths) for n in ints(args.sizes)
+             for b in ints(args.batches)]
+  if args.worker == "workers":
+    rates = workers_rates(configs, args.workers, args.seconds, args.repeats)
+    for (d, n, b), rate in rates.items():
+      print(json.dumps({"kind": "dmfjax", "mode": "workers", "depth": d, "n": n,
+                        "batch": b, "rate": rate}), flush=True)
+    return
   for depth in ints(args.depths):
     for n in ints(args.sizes):
       if args.worker == "baseline":
@@ -142,15 +210,10 @@ def worker(args):
 
 
 def _run_worker(mode, args):
-  env = dict(os.environ)
-  if mode == "cores":
-    cores = len(os.sched_getaffinity(0))
-    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={cores}"
-                        " --xla_cpu_multi_thread_eigen=false")
   cmd = [sys.executable, __file__, f"--worker={mode}", f"--depths={args.depths}",
          f"--sizes={args.sizes}", f"--batches={args.batches}", f"--seconds={args.seconds}",
-         f"--repeats={args.repeats}"]
-  out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+         f"--repeats={args.repeats}", f"--workers={args.workers}"]
+  out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
   return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
 
 
@@ -159,7 +222,9 @@ def main(argv=None):
   p.add_argument("--depths", default="2,3,4")
   p.add_argument("--sizes", default="50,100,200")
   p.add_argument("--batches", default="1,8,64,256")
-  p.add_argument("--modes", default="default")
+  p.add_argument("--modes", default="single,workers")
+  p.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)),
+                 help="worker processes of the 'workers' mode")
   p.add_argument("--seconds", type=float, default=0.5, help="per measurement")
   p.add_argument("--repeats", type=int, default=3)
   p.add_argument("--csv", default="benchmarks/throughput.csv")
@@ -171,7 +236,7 @@ def main(argv=None):
   gemm = next(r for r in base if r["kind"] == "gemm")
   naive = {(r["depth"], r["n"]): r["rate"] for r in base if r["kind"] == "naive"}
   print(f"device: {gemm['device']}; large-GEMM fp32 (HIGHEST) GFLOP/s: {gemm['gflops']:.1f}")
-  header = ["device", "mode", "depth", "n", "batch", "run_steps_per_s", "gflops",
+  header = ["device", "mode", "workers", "depth", "n", "batch", "run_steps_per_s", "gflops",
             "fraction_of_gemm", "naive_run_steps_per_s", "speedup_vs_naive", "gemm_gflops"]
   rows = []
   print(f"{'mode':>8} {'depth':>5} {'n':>4} {'batch':>5} {'run-steps/s':>12} {'GFLOP/s':>8} "
@@ -180,8 +245,9 @@ def main(argv=None):
     for r in _run_worker(mode, args):
       gflops = r["rate"] * step_flops(r["depth"], r["n"]) / 1e9
       nv = naive[(r["depth"], r["n"])]
-      rows.append([gemm["device"], mode, r["depth"], r["n"], r["batch"], r["rate"], gflops,
-                   gflops / gemm["gflops"], nv, r["rate"] / nv, gemm["gflops"]])
+      rows.append([gemm["device"], mode, args.workers if mode == "workers" else 1, r["depth"],
+                   r["n"], r["batch"], r["rate"], gflops, gflops / gemm["gflops"], nv,
+                   r["rate"] / nv, gemm["gflops"]])
       print(f"{mode:>8} {r['depth']:>5} {r['n']:>4} {r['batch']:>5} {r['rate']:>12,.0f} "
             f"{gflops:>8.1f} {gflops / gemm['gflops']:>7.2f} {nv:>9,.0f} "
             f"{r['rate'] / nv:>8.1f}", flush=True)

@@ -92,7 +92,9 @@ class Writer:
   """Writes parts of a results dataset atomically (see module docstring).
 
   ``tag`` names this writer's parts (e.g. the shard), so that resume cleanup
-  only touches files that this writer's earlier incarnation left.
+  only touches files that this writer's earlier incarnation left (worker
+  processes of a sweep write with ``<tag>-w<i>``, which the sweep's own
+  cleanup covers).
   """
 
   def __init__(self, out, tag: str = "s0of1"):
@@ -111,10 +113,12 @@ class Writer:
   def cleanup(self) -> list[pathlib.Path]:
     """Removes this tag's temporary files and orphan trajectory parts."""
     removed = []
-    for sub in SCHEMAS:
-      for p in (self.out / sub).glob(f".tmp-{self.tag}-*"):
-        p.unlink(missing_ok=True)
-        removed.append(p)
+    temporaries = [f".tmp-{self.tag}-*", f".tmp-part-{self.tag}-*"]
+    for sub in ("",) + tuple(SCHEMAS):
+      for pattern in temporaries:
+        for p in (self.out / sub).glob(pattern):
+          p.unlink(missing_ok=True)
+          removed.append(p)
     committed = {p.name for p in (self.out / RUNS).glob("part-*.parquet")}
     for p in (self.out / TRAJECTORIES).glob(f"part-{self.tag}-*.parquet"):
       if p.name not in committed:

@@ -6,13 +6,17 @@
    runs already committed under ``--out`` are skipped, the rest (this shard's
    share, by run_id hash) are grouped by static config into compiled groups,
    and each group is cut into batches that fit the memory budget.
-2. **Schedule**: a batch is padded to a bucket size (a power of two times the
-   number of local devices), its run axis sharded over the devices
-   (``jax.sharding``, 1-D mesh), and advanced chunk by chunk; after each chunk
+2. **Schedule**: a batch is padded to a multiple of the number of local
+   devices, its run axis sharded over the devices (``jax.sharding``, 1-D
+   mesh), and advanced chunk by chunk; after each chunk
    the host reads the statuses (one sync per chunk). When the running runs fit
    a smaller bucket, the stopped ones are finalized and written and the running
    ones repacked into the smaller batch, so stopped runs stop costing compute.
-   Bucket sizes repeat, so a shape seen once is never recompiled.
+   Bucket sizes repeat, so a shape seen once is never recompiled. On a
+   multi-core CPU, batches are spread over ``workers`` single-threaded worker
+   processes (default: one per core; ``dmfjax.workers``), which keeps every
+   core busy where one process would not (benchmarks/RESULTS.md). A batch's
+   results do not depend on which worker runs it or when.
 3. **Write**: each finished set of runs is committed atomically to
    ``runs/`` and ``trajectories/`` (``results.Writer``).
 4. **Report**: progress on stderr; at the end a depth-comparison table, and
@@ -36,7 +40,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from dmfjax import (analysis, nuclear_norm, numerics, ratings, results,
-                    spec as spec_lib, train)
+                    spec as spec_lib, train, workers as workers_lib)
 
 # ---------------------------------------------------------------------------
 # Planning (host only: no JAX compile happens here).
@@ -74,6 +78,7 @@ class Plan:
   num_devices: int
   memory_budget: int
   problems: list        # messages about skipped files
+  workers: int = 1
   stats: dict = dataclasses.field(default_factory=dict)  # filled by run_sweep
 
 
@@ -120,6 +125,13 @@ def default_memory_budget() -> int:
   return int(0.4 * ram / max(1, len(jax.local_devices())))
 
 
+def default_workers() -> int:
+  """Worker processes: one per core on a CPU, else 1 (one process)."""
+  if jax.default_backend() != "cpu":
+    return 1
+  return max(1, len(os.sched_getaffinity(0)))
+
+
 def shard_of(run_id: str, num_shards: int) -> int:
   return int(run_id, 16) % num_shards
 
@@ -142,8 +154,20 @@ def _ratings_info(path, test_fraction):
 
 
 def plan(spec: spec_lib.Spec, out, num_shards: int = 1, shard_index: int = 0,
-         memory_budget: Optional[int] = None, num_devices: Optional[int] = None) -> Plan:
-  """Expands, filters and groups a spec. Raises SpecError on bad input."""
+         memory_budget: Optional[int] = None, num_devices: Optional[int] = None,
+         workers: Optional[int] = None) -> Plan:
+  """Expands, filters and groups a spec. Raises SpecError on bad input.
+
+  With ``workers`` = K > 1 each group is cut into at least K batches (when
+  it has K runs), so that K worker processes can advance its runs at once,
+  and the memory budget is shared by the K batches in flight.
+  """
+  if workers is None:
+    workers = default_workers()
+  if (not isinstance(workers, int) or isinstance(workers, bool)
+      or workers < 1):
+    raise spec_lib.SpecError(
+        f"workers: must be an integer >= 1, got {workers!r}")
   if not isinstance(num_shards, int) or num_shards < 1:
     raise spec_lib.SpecError(f"num_shards: must be >= 1, got {num_shards}")
   if not isinstance(shard_index, int) or not 0 <= shard_index < num_shards:
@@ -165,24 +189,27 @@ def plan(spec: spec_lib.Spec, out, num_shards: int = 1, shard_index: int = 0,
     if key not in groups:
       groups[key] = Group(key=key, method=r["method"], runs=[], per_run_bytes=bytes_per_run(r))
     groups[key].runs.append(r)
+  per_batch_budget = memory_budget // workers
   for g in groups.values():
-    fit = (memory_budget // max(1, g.per_run_bytes)) * num_devices
+    fit = (per_batch_budget // max(1, g.per_run_bytes)) * num_devices
     if fit < num_devices:
       raise spec_lib.SpecError(
           f"memory: one run of group [{g.label}] needs ~{g.per_run_bytes / 2**30:.2f} GiB, "
-          f"more than the budget of {memory_budget / 2**30:.2f} GiB per device")
+          f"more than the budget of {per_batch_budget / 2**30:.2f} GiB per device and "
+          f"batch ({workers} workers)")
     cap = min(spec.max_batch, fit, len(g.runs))
-    g.batch_size = cap
+    g.batch_size = min(cap, math.ceil(len(g.runs) / workers))
   return Plan(runs=runs, todo=todo, groups=list(groups.values()), finished=finished,
-              num_devices=num_devices, memory_budget=memory_budget, problems=problems)
+              num_devices=num_devices, memory_budget=memory_budget, problems=problems,
+              workers=workers)
 
 
 def describe(p: Plan, spec: spec_lib.Spec) -> str:
   """The ``--dry_run`` text: runs, compiled groups, run-steps and memory."""
   lines = [f"spec {spec.name}: {len(p.runs)} runs, {len(p.runs) - len(p.todo)} already "
            f"finished, {len(p.todo)} to run in {len(p.groups)} compiled groups on "
-           f"{p.num_devices} device(s); memory budget "
-           f"{p.memory_budget / 2**30:.2f} GiB per device"]
+           f"{p.num_devices} device(s), {p.workers} worker process(es); memory "
+           f"budget {p.memory_budget / 2**30:.2f} GiB per device"]
   total = 0
   for g in p.groups:
     batches = math.ceil(len(g.runs) / g.batch_size)
@@ -266,7 +293,7 @@ def _row(run: dict, summary, s: int, **extra) -> dict:
 
 
 class Executor:
-  """Runs the groups of a plan and commits their results."""
+  """Runs batches of a plan and commits their results (in one process)."""
 
   def __init__(self, plan_: Plan, spec: spec_lib.Spec, writer: results.Writer,
                progress: Progress, repack: bool = True):
@@ -285,15 +312,21 @@ class Executor:
     if self.stop_requested:
       raise Interrupted()
 
+  def batches(self) -> list:
+    """(group, runs) of every batch, in a fixed order."""
+    return [(g, g.runs[start:start + g.batch_size]) for g in self.plan.groups
+            for start in range(0, len(g.runs), g.batch_size)]
+
+  def run_batch(self, g: Group, batch: list):
+    if g.method == "dmf":
+      self._run_dmf_batch(g, batch)
+    else:
+      self._run_nuclear_norm_batch(g, batch)
+
   def execute(self):
-    for g in self.plan.groups:
-      for start in range(0, len(g.runs), g.batch_size):
-        batch = g.runs[start:start + g.batch_size]
-        if g.method == "dmf":
-          self._run_dmf_batch(g, batch)
-        else:
-          self._run_nuclear_norm_batch(g, batch)
-        self._check_interrupt()
+    for g, batch in self.batches():
+      self.run_batch(g, batch)
+      self._check_interrupt()
 
   # -- deep matrix factorization -------------------------------------------
 
@@ -329,8 +362,8 @@ class Executor:
     hp = self._put(hp)
     state = fns.init(hp, problem) if problem is not None else fns.init(hp)
     trajectories = {i: [] for i in range(len(batch))}
-    self._record(batch, slots, jax.device_get(fns.first_log(state)), trajectories,
-                 leading_axis=False)
+    self._record(batch, slots, jax.device_get(fns.first_log(state)),
+                 trajectories, leading_axis=False)
     self.progress.update(label=g.label, force=True)
     while True:
       state, logs = fns.advance(state)
@@ -394,9 +427,8 @@ class Executor:
       rows.append(_row(r, summary, s, status=status, wall_seconds=wall,
                        diverged_step=steps if status == "diverged" else None))
       traj.extend(trajectories.pop(i))
-      self.progress.useful += steps
     self.writer.write(rows, traj)
-    self.progress.update(done=len(rows), force=True)
+    self.progress.update(useful=sum(r["steps"] for r in rows), done=len(rows), force=True)
 
   # -- minimum nuclear norm ------------------------------------------------
 
@@ -429,6 +461,65 @@ class Executor:
     self.progress.update(done=len(rows), label=g.label, force=True)
 
 
+# ---------------------------------------------------------------------------
+# Worker processes (``dmfjax.workers``): one Executor per process.
+
+
+class _ForwardedProgress(Progress):
+  """A worker's progress: every update and compile goes to the parent."""
+
+  def __init__(self, emit):
+    super().__init__(0, stream=None)
+    self.emit = emit
+
+  def update(self, executed=0, useful=0, done=0, label=None, force=False):
+    self.emit("progress", dict(executed=executed, useful=useful, done=done, label=label,
+                               force=force))
+
+  def on_event_duration(self, event: str, duration: float, **kwargs):
+    if event == COMPILE_EVENT:
+      self.emit("compile", duration)
+
+
+def _worker(index: int, next_task, emit, plan_: Plan, spec: spec_lib.Spec, out: str,
+            tag: str, repack: bool, x64: bool):
+  """A worker process: runs the batches it is handed, commits their runs."""
+  if x64:
+    numerics.enable_float64()
+  progress = _ForwardedProgress(emit)
+  executor = Executor(plan_, spec, results.Writer(out, tag=f"{tag}-w{index}"), progress,
+                      repack=repack)
+
+  def on_sigint(signum, frame):
+    executor.stop_requested = True  # finish the chunk, write, stop
+
+  signal.signal(signal.SIGINT, on_sigint)
+  jax.monitoring.register_event_duration_secs_listener(progress.on_event_duration)
+  batches = executor.batches()
+  while not executor.stop_requested:
+    k = next_task()
+    if k is None:
+      return
+    executor.run_batch(*batches[k])
+
+
+def _execute_in_workers(executor: Executor, out, tag: str, repack: bool):
+  p, progress = executor.plan, executor.progress
+
+  def on_event(kind, index, payload):
+    if kind == "progress":
+      progress.update(**payload)
+    elif kind == "compile":
+      progress.on_event_duration(COMPILE_EVENT, payload)
+
+  num_batches = len(executor.batches())
+  workers_lib.run(min(p.workers, num_batches), num_batches, _worker,
+                  (p, executor.spec, str(out), tag, repack, numerics.float64_enabled()),
+                  on_event, stop_requested=lambda: executor.stop_requested,
+                  env=workers_lib.single_thread_environment())
+  executor._check_interrupt()
+
+
 @functools.lru_cache(maxsize=None)
 def nuclear_norm_batch(cfg, tol: float, max_iters: int, shared: bool):
   """Jitted, vmapped: hyperparams (problem seeds) -> (solver result, summary)."""
@@ -456,20 +547,24 @@ def summary_table(runs) -> str:
 
 def run_sweep(spec: spec_lib.Spec, out, num_shards: int = 1, shard_index: int = 0,
               memory_budget: Optional[int] = None, stream=sys.stderr,
-              repack: bool = True) -> Plan:
+              repack: bool = True, workers: Optional[int] = None) -> Plan:
   """Plans and executes a sweep into ``out``; returns the plan.
 
   Raises ``Interrupted`` if SIGINT arrived (what finished is written).
   """
   out = pathlib.Path(out)
-  plan(spec, None, num_shards, shard_index, memory_budget)  # validate before writing
+  # Validate before writing anything.
+  plan(spec, None, num_shards, shard_index, memory_budget,
+       workers=workers)
   writer = results.Writer(out, tag=f"s{shard_index}of{num_shards}")
   problems = writer.quarantine()
   for msg in problems:
     print(f"[dmfjax] {msg}", file=stream)
   writer.cleanup()
-  p = plan(spec, out, num_shards, shard_index, memory_budget)
+  p = plan(spec, out, num_shards, shard_index, memory_budget,
+           workers=workers)
   writer.write_manifest(dict(spec=dataclasses.asdict(spec), num_shards=num_shards,
+                             workers=p.workers,
                              shard_index=shard_index, jax_version=jax.__version__,
                              devices=[str(d) for d in jax.local_devices()]))
   print(describe(p, spec), file=stream)
@@ -491,7 +586,10 @@ def run_sweep(spec: spec_lib.Spec, out, num_shards: int = 1, shard_index: int = 
     in_main = False
   jax.monitoring.register_event_duration_secs_listener(progress.on_event_duration)
   try:
-    executor.execute()
+    if p.workers > 1 and len(p.todo) > 0:
+      _execute_in_workers(executor, out, writer.tag, repack)
+    else:
+      executor.execute()
   finally:
     jax.monitoring.unregister_event_duration_listener(progress.on_event_duration)
     if in_main:
@@ -523,7 +621,8 @@ def main(argv):
     if FLAGS.dry_run:
       p = plan(spec, FLAGS.out if FLAGS.out and pathlib.Path(FLAGS.out).exists() else None,
                FLAGS.num_shards, FLAGS.shard_index,
-               int(FLAGS.memory_gb * 2**30) if FLAGS.memory_gb else None)
+               int(FLAGS.memory_gb * 2**30) if FLAGS.memory_gb else None,
+               workers=FLAGS.workers)
       print(describe(p, spec))
       return 0
     if not FLAGS.out:
@@ -532,10 +631,14 @@ def main(argv):
       numerics.enable_float64()
     p = run_sweep(spec, FLAGS.out, FLAGS.num_shards, FLAGS.shard_index,
                   int(FLAGS.memory_gb * 2**30) if FLAGS.memory_gb else None,
-                  repack=FLAGS.repack)
+                  repack=FLAGS.repack, workers=FLAGS.workers)
   except (spec_lib.SpecError, results.ResultsError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
+  except workers_lib.WorkerError as e:
+    print(f"error: {e}\n[dmfjax] runs that finished are written under {FLAGS.out}; "
+          "run the same command again to resume.", file=sys.stderr)
+    return 1
   except Interrupted:
     print(f"[dmfjax] interrupted: finished runs are written under {FLAGS.out}; "
           "run the same command again to resume.", file=sys.stderr)
@@ -565,6 +668,9 @@ def _define_flags():
   flags.DEFINE_integer("shard_index", 0, "Which shard this process runs.")
   flags.DEFINE_float("memory_gb", None, "Device memory budget per device (GiB).")
   flags.DEFINE_bool("repack", True, "Repack unfinished runs into smaller batches.")
+  flags.DEFINE_integer("workers", None,
+                       "Worker processes that run batches at once, each single-threaded "
+                       "(default: the number of cores on a CPU, 1 on an accelerator).")
   flags.DEFINE_bool("report", False, "Write figures and a Markdown report at the end.")
   flags.mark_flag_as_required("spec")
 

@@ -16,8 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from dmfjax import results, spec as spec_lib, sweep, train
-from sweep_helpers import (ROOT, assert_same_results, cli_env, run_cli, runs_table,
-                           sweep_cmd, trajectories_table, write_spec)
+from sweep_helpers import (ROOT, TINY_SPEC, assert_same_results, cli_env, run_cli,
+                           runs_table, sweep_cmd, trajectories_table, write_spec)
 
 
 @pytest.fixture(scope="module")
@@ -219,9 +219,10 @@ def test_result_does_not_depend_on_batch_mates():
 
 def test_planner_splits_batches_to_fit_memory(tmp_path, finished):
   spec = spec_lib.load_spec(finished[0])
-  roomy = sweep.plan(spec, None, memory_budget=2**30, num_devices=1)
+  one = dict(num_devices=1, workers=1)
+  roomy = sweep.plan(spec, None, memory_budget=2**30, **one)
   per_run = max(g.per_run_bytes for g in roomy.groups)
-  tight = sweep.plan(spec, None, memory_budget=2 * per_run, num_devices=1)
+  tight = sweep.plan(spec, None, memory_budget=2 * per_run, **one)
   assert all(g.batch_size == 6 for g in roomy.groups)
   for g in tight.groups:
     assert g.batch_size == min(6, 2 * per_run // g.per_run_bytes) < 6
@@ -229,7 +230,22 @@ def test_planner_splits_batches_to_fit_memory(tmp_path, finished):
   text = sweep.describe(tight, spec)
   assert "3 batch(es)" in text and "MiB per batch" in text
   with pytest.raises(spec_lib.SpecError, match="^memory: one run"):
-    sweep.plan(spec, None, memory_budget=per_run // 2, num_devices=1)
+    sweep.plan(spec, None, memory_budget=per_run // 2, **one)
+  # Worker processes share the budget: 2 batches in flight, each within half.
+  shared = sweep.plan(spec, None, memory_budget=4 * per_run, num_devices=1,
+                      workers=2)
+  for g in shared.groups:
+    assert g.batch_size * g.per_run_bytes <= 2 * per_run
+  with pytest.raises(spec_lib.SpecError, match="^memory: one run"):
+    sweep.plan(spec, None, memory_budget=per_run, num_devices=1, workers=2)
   # A split sweep gives the same results.
-  sweep.run_sweep(spec, tmp_path / "out", memory_budget=2 * per_run, stream=io.StringIO())
+  sweep.run_sweep(spec, tmp_path / "out", memory_budget=2 * per_run, stream=io.StringIO(),
+                  workers=1)
   assert_same_results(runs_table(finished[1]), runs_table(tmp_path / "out"))
+
+
+@pytest.mark.parametrize("value", [0, -1, 1.5, True])
+def test_bad_worker_count_is_rejected(value):
+  spec = spec_lib.Spec(**{k: v for k, v in TINY_SPEC.items()})
+  with pytest.raises(spec_lib.SpecError, match="^workers: must be an integer"):
+    sweep.plan(spec, None, workers=value)

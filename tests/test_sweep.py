@@ -107,17 +107,42 @@ def test_resume_after_sigkill(reference, tmp_path):
 
 
 def test_no_recompilation_for_a_shape_already_seen(tmp_path):
-  """A second sweep of the same shapes compiles nothing new (hot path)."""
+  """A second sweep of the same shapes compiles nothing new (hot path).
+
+  In one process (workers=1); a worker process compiles each program once.
+  """
   # A shape no other test uses, so the first sweep must compile.
   spec = spec_lib.load_spec(write_spec(tmp_path / "spec.py", n_rows=13, n_cols=11,
                                        depth=2, max_steps=300))
-  first = sweep.run_sweep(spec, tmp_path / "a", stream=io.StringIO(), repack=False)
+  first = sweep.run_sweep(spec, tmp_path / "a", stream=io.StringIO(), repack=False,
+                          workers=1)
   assert first.stats["compilations"] > 0
   # Other seeds and learning rates: new runs, same compiled group and shape.
   spec = spec_lib.apply_overrides(spec, ["seeds=10,11,12", "lr=5e-3,2e-2"])
-  second = sweep.run_sweep(spec, tmp_path / "b", stream=io.StringIO(), repack=False)
+  second = sweep.run_sweep(spec, tmp_path / "b", stream=io.StringIO(), repack=False,
+                           workers=1)
   assert len(runs_table(tmp_path / "b")) == 6
   assert second.stats["compilations"] == 0
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_worker_processes_give_the_same_results(reference, tmp_path, workers):
+  """Batches spread over worker processes: same runs, each written once."""
+  spec_path, out, _ = reference
+  p = sweep.run_sweep(spec_lib.load_spec(spec_path), tmp_path / "out", stream=io.StringIO(),
+                      workers=workers)
+  assert p.workers == workers
+  assert all(g.batch_size == -(-len(g.runs) // workers) for g in p.groups)
+  runs = runs_table(tmp_path / "out")
+  assert runs.run_id.is_unique
+  assert_same_results(runs_table(out), runs)
+  assert not trajectories_table(tmp_path / "out").duplicated(["run_id", "step"]).any()
+  # Progress and compile events reach the parent.
+  assert p.stats["useful_run_steps"] == runs.steps.sum()
+  assert p.stats["executed_run_steps"] >= p.stats["useful_run_steps"]
+  assert p.stats["compilations"] > 0
+  names = [f.name for f in (tmp_path / "out" / "runs").glob("part-*.parquet")]
+  assert all(("-w" in n) == (workers > 1) for n in names)  # each worker's own parts
 
 
 def test_nuclear_norm_runs_go_through_the_sweep(tmp_path):

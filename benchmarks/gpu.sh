@@ -13,7 +13,7 @@ log=$(mktemp)
   echo
   echo '```'
   $PY benchmarks/precision.py --steps 3000
-  $PY benchmarks/throughput.py --modes default --depths 2,3,4 --sizes 100,200 \
+  $PY benchmarks/throughput.py --modes single --depths 2,3,4 --sizes 100,200 \
       --batches 1,64,256,1024 --seconds 0.5 --repeats 2 --csv benchmarks/throughput_gpu.csv
   $PY -m dmfjax.sweep --spec experiments/paper_fig2.py --out "$(mktemp -d)/fig2" \
       --set max_steps=20000 2>&1 | grep -E "done:|spec paper_fig2"

@@ -7,9 +7,10 @@ In one process, for each (depth, n, batch):
   ``single``: the whole batch in one process (what an accelerator runs);
   ``workers``: the batch split over K single-threaded worker processes
   (K = ``--workers``, default: the number of cores), each advancing its
-  share at the same time -- what ``dmfjax.sweep`` does on a CPU (the planner
-  cuts a group into K batches, ``dmfjax.workers`` runs them). Its rate is
-  the run-steps of all workers over the common wall-clock window.
+  share at the same time, cut into cache-sized batches -- what
+  ``dmfjax.sweep`` does on a CPU (the planner cuts a group into >= K batches
+  of at most ``sweep.cpu_batch_cap`` runs, ``dmfjax.workers`` runs them).
+  Its rate is the run-steps of all workers over the common wall-clock window.
 * the practical limit: large square fp32 GEMM GFLOP/s at full precision
   (XLA's multi-threaded GEMM, the whole machine);
 * a naive baseline: one run at a time, one jitted step per Python iteration.
@@ -78,20 +79,30 @@ def _hp(batch):
                                 max_steps=2**30)
 
 
-def _prepared(depth, n, batch, seconds):
-  """A compiled chunk function of about ``seconds`` and its warm state."""
-  probe = train.batched(_config(depth, n, 4), 1)
-  state = probe.init(_sharded(_hp(batch)))
-  state, _ = probe.advance(state)
-  jax.block_until_ready(state)
-  per_step = _time(lambda: jax.block_until_ready(probe.advance(state)[0])) / 4
-  del state
-  steps = int(np.clip(seconds / max(per_step, 1e-7), 8, 20000))
+def _prepared(depth, n, batch, seconds, steps=None):
+  """A compiled chunk function of about ``seconds`` (or ``steps``), warm state."""
+  if steps is None:
+    probe = train.batched(_config(depth, n, 4), 1)
+    state = probe.init(_sharded(_hp(batch)))
+    state, _ = probe.advance(state)
+    jax.block_until_ready(state)
+    per_step = _time(lambda: jax.block_until_ready(probe.advance(state)[0])) / 4
+    del state
+    steps = int(np.clip(seconds / max(per_step, 1e-7), 8, 20000))
   fns = train.batched(_config(depth, n, steps), 1)
   state = fns.init(_sharded(_hp(batch)))
   state, _ = fns.advance(state)  # compile
   jax.block_until_ready(state)
   return fns, state, steps
+
+
+def _cpu_batches(depth, n, runs) -> list[int]:
+  """Batch sizes the sweep planner gives ``runs`` runs of one worker on a CPU."""
+  from dmfjax import sweep
+  run = dict(method="dmf", problem="completion", dtype="float32", n_rows=n, n_cols=n,
+             n_obs=n * n // 5, width=n, depth=depth, optimizer="group_rmsprop")
+  cap = sweep.cpu_batch_cap(sweep.bytes_per_run(run))
+  return [min(cap, runs - i) for i in range(0, runs, cap)]
 
 
 def dmfjax_rate(depth, n, batch, seconds, repeats) -> float:
@@ -107,16 +118,24 @@ def dmfjax_rate(depth, n, batch, seconds, repeats) -> float:
 
 
 def _worker_share(index, barrier, results, configs, seconds, repeats):
-  """One worker process: for each config, its share of the batch, in step."""
+  """One worker process: for each config, its share of the batch, in step.
+
+  The share is cut into the batches the sweep planner would make on a CPU
+  (at most ``sweep.cpu_batch_cap`` runs each), advanced one after another.
+  """
   from dmfjax import workers
   workers.pin_to_core(index)  # as dmfjax.workers does, before JAX starts
   for depth, n, share in configs:
-    fns, state, steps = _prepared(depth, n, share, seconds)
+    sizes = _cpu_batches(depth, n, share)
+    fns, first, steps = _prepared(depth, n, sizes[0], seconds / len(sizes))
+    prepared = [(fns, first)] + [_prepared(depth, n, b, 0, steps)[:2] for b in sizes[1:]]
+    states = [st for _, st in prepared]
     for r in range(repeats):
       barrier.wait()
       t = time.perf_counter()
-      state, _ = fns.advance(state)
-      jax.block_until_ready(state)
+      for i, (f, _) in enumerate(prepared):
+        states[i], _ = f.advance(states[i])
+      jax.block_until_ready(states)
       end = time.perf_counter()
       results.put((depth, n, share, r, steps * share, t, end))
     barrier.wait()

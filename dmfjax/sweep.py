@@ -95,6 +95,17 @@ def group_key(run: dict) -> tuple:
   return key
 
 
+# On a CPU a batch's working set is kept near the size of a server L3 cache:
+# a depth-3 100 x 100 run needs ~1.2 MB, and per-run throughput halved from
+# 32 to 128 runs per worker (benchmarks/RESULTS.md).
+CPU_BATCH_BYTES = 32 * 2**20
+
+
+def cpu_batch_cap(per_run_bytes: int) -> int:
+  """Most runs per batch on a CPU: the batch's working set <= CPU_BATCH_BYTES."""
+  return max(1, CPU_BATCH_BYTES // max(1, per_run_bytes))
+
+
 def bytes_per_run(run: dict) -> int:
   """A rough upper estimate of device memory for one run of a batch."""
   item = 8 if run["dtype"] == "float64" else 4
@@ -160,7 +171,8 @@ def plan(spec: spec_lib.Spec, out, num_shards: int = 1, shard_index: int = 0,
 
   With ``workers`` = K > 1 each group is cut into at least K batches (when
   it has K runs), so that K worker processes can advance its runs at once,
-  and the memory budget is shared by the K batches in flight.
+  and the memory budget is shared by the K batches in flight. On a CPU a
+  batch also holds at most ``cpu_batch_cap`` runs (a cache-sized working set).
   """
   if workers is None:
     workers = default_workers()
@@ -190,6 +202,7 @@ def plan(spec: spec_lib.Spec, out, num_shards: int = 1, shard_index: int = 0,
       groups[key] = Group(key=key, method=r["method"], runs=[], per_run_bytes=bytes_per_run(r))
     groups[key].runs.append(r)
   per_batch_budget = memory_budget // workers
+  cpu = jax.default_backend() == "cpu"
   for g in groups.values():
     fit = (per_batch_budget // max(1, g.per_run_bytes)) * num_devices
     if fit < num_devices:
@@ -198,6 +211,8 @@ def plan(spec: spec_lib.Spec, out, num_shards: int = 1, shard_index: int = 0,
           f"more than the budget of {per_batch_budget / 2**30:.2f} GiB per device and "
           f"batch ({workers} workers)")
     cap = min(spec.max_batch, fit, len(g.runs))
+    if cpu:
+      cap = min(cap, cpu_batch_cap(g.per_run_bytes) * num_devices)
     g.batch_size = min(cap, math.ceil(len(g.runs) / workers))
   return Plan(runs=runs, todo=todo, groups=list(groups.values()), finished=finished,
               num_devices=num_devices, memory_budget=memory_budget, problems=problems,

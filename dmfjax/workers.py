@@ -36,7 +36,6 @@ import multiprocessing
 import os
 import queue
 import signal
-import sys
 import traceback
 from typing import Any, Callable, Optional
 
@@ -136,6 +135,7 @@ def run(num_workers: int, num_tasks: int, target: Callable, args: tuple,
   exited: set[int] = set()
   silent: set[int] = set()  # exited with an error code and, so far, no message
   failures: list[str] = []
+  completed = False
   try:
     while len(exited) < num_workers:
       try:
@@ -166,9 +166,10 @@ def run(num_workers: int, num_tasks: int, target: Callable, args: tuple,
                             "(its unfinished runs were not written)")
           else:
             silent.add(i)
+    completed = True
   finally:
-    for p in procs:
-      p.join(timeout=30 if not failures else 5)
+    for p in procs:  # after an exception here (a second Ctrl-C): kill at once
+      p.join(timeout=30 if completed else 0)
       if p.is_alive():
         p.kill()
         p.join()

@@ -249,3 +249,13 @@ def test_bad_worker_count_is_rejected(value):
   spec = spec_lib.Spec(**{k: v for k, v in TINY_SPEC.items()})
   with pytest.raises(spec_lib.SpecError, match="^workers: must be an integer"):
     sweep.plan(spec, None, workers=value)
+
+
+def test_cpu_batches_hold_a_cache_sized_working_set():
+  spec = spec_lib.load_spec(ROOT / "experiments" / "quickstart.py")
+  spec = spec_lib.apply_overrides(spec, ["method=dmf", "depth=3", "seeds=100"])
+  p = sweep.plan(spec, None, num_devices=1, workers=1)
+  (g,) = p.groups
+  assert g.batch_size == sweep.cpu_batch_cap(g.per_run_bytes) < 100
+  assert g.batch_size * g.per_run_bytes <= sweep.CPU_BATCH_BYTES
+  assert "4 batch(es)" in sweep.describe(p, spec)

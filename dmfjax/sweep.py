@@ -95,10 +95,12 @@ def group_key(run: dict) -> tuple:
   return key
 
 
-# On a CPU a batch's working set is kept near the size of a server L3 cache:
-# a depth-3 100 x 100 run needs ~1.2 MB, and per-run throughput halved from
-# 32 to 128 runs per worker (benchmarks/RESULTS.md).
-CPU_BATCH_BYTES = 32 * 2**20
+# On a CPU a batch's working set is kept to a few MB, so that the batches of
+# all workers stay in a shared L3 cache: a depth-3 100 x 100 run needs ~1.2 MB;
+# at 64 runs over 2 workers, 8 MiB batches (6 runs) measured ~0.72 x GEMM,
+# 32 MiB batches ~0.6 x, one 32-run batch per worker ~0.55 x, 128 runs per
+# worker ~0.3 x (benchmarks/RESULTS.md).
+CPU_BATCH_BYTES = 8 * 2**20
 
 
 def cpu_batch_cap(per_run_bytes: int) -> int:

@@ -178,10 +178,8 @@ def plan(spec: spec_lib.Spec, out, num_shards: int = 1, shard_index: int = 0,
   """
   if workers is None:
     workers = default_workers()
-  if (not isinstance(workers, int) or isinstance(workers, bool)
-      or workers < 1):
-    raise spec_lib.SpecError(
-        f"workers: must be an integer >= 1, got {workers!r}")
+  if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+    raise spec_lib.SpecError(f"workers: must be an integer >= 1, got {workers!r}")
   if not isinstance(num_shards, int) or num_shards < 1:
     raise spec_lib.SpecError(f"num_shards: must be >= 1, got {num_shards}")
   if not isinstance(shard_index, int) or not 0 <= shard_index < num_shards:
@@ -379,8 +377,8 @@ class Executor:
     hp = self._put(hp)
     state = fns.init(hp, problem) if problem is not None else fns.init(hp)
     trajectories = {i: [] for i in range(len(batch))}
-    self._record(batch, slots, jax.device_get(fns.first_log(state)),
-                 trajectories, leading_axis=False)
+    self._record(batch, slots, jax.device_get(fns.first_log(state)), trajectories,
+                 leading_axis=False)
     self.progress.update(label=g.label, force=True)
     while True:
       state, logs = fns.advance(state)
@@ -520,7 +518,7 @@ def _worker(index: int, next_task, emit, plan_: Plan, spec: spec_lib.Spec, out: 
     executor.run_batch(*batches[k])
 
 
-def _execute_in_workers(executor: Executor, out, tag: str, repack: bool):
+def _execute_in_workers(executor: Executor, out, tag: str):
   p, progress = executor.plan, executor.progress
 
   def on_event(kind, index, payload):
@@ -531,7 +529,7 @@ def _execute_in_workers(executor: Executor, out, tag: str, repack: bool):
 
   num_batches = len(executor.batches())
   workers_lib.run(min(p.workers, num_batches), num_batches, _worker,
-                  (p, executor.spec, str(out), tag, repack, numerics.float64_enabled()),
+                  (p, executor.spec, str(out), tag, executor.repack, numerics.float64_enabled()),
                   on_event, stop_requested=lambda: executor.stop_requested,
                   env=workers_lib.single_thread_environment())
   executor._check_interrupt()
@@ -571,18 +569,16 @@ def run_sweep(spec: spec_lib.Spec, out, num_shards: int = 1, shard_index: int = 
   """
   out = pathlib.Path(out)
   # Validate before writing anything.
-  plan(spec, None, num_shards, shard_index, memory_budget,
-       workers=workers)
+  plan(spec, None, num_shards, shard_index, memory_budget, workers=workers)
   writer = results.Writer(out, tag=f"s{shard_index}of{num_shards}")
   problems = writer.quarantine()
   for msg in problems:
     print(f"[dmfjax] {msg}", file=stream)
   writer.cleanup()
-  p = plan(spec, out, num_shards, shard_index, memory_budget,
-           workers=workers)
+  p = plan(spec, out, num_shards, shard_index, memory_budget, workers=workers)
   writer.write_manifest(dict(spec=dataclasses.asdict(spec), num_shards=num_shards,
-                             workers=p.workers,
-                             shard_index=shard_index, jax_version=jax.__version__,
+                             shard_index=shard_index, workers=p.workers,
+                             jax_version=jax.__version__,
                              devices=[str(d) for d in jax.local_devices()]))
   print(describe(p, spec), file=stream)
   progress = Progress(len(p.todo), stream)
@@ -604,7 +600,7 @@ def run_sweep(spec: spec_lib.Spec, out, num_shards: int = 1, shard_index: int = 
   jax.monitoring.register_event_duration_secs_listener(progress.on_event_duration)
   try:
     if p.workers > 1 and len(p.todo) > 0:
-      _execute_in_workers(executor, out, writer.tag, repack)
+      _execute_in_workers(executor, out, writer.tag)
     else:
       executor.execute()
   finally:

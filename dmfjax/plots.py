@@ -4,25 +4,33 @@ Each function takes tables (a runs table, or a trajectories table joined to
 its runs' configuration, see :mod:`dmfjax.analysis`), aggregates them with the
 matching :mod:`dmfjax.analysis` function and draws exactly that aggregate, so
 what is plotted can be checked against the table (``ax.lines``,
-``ax.containers``, ``ax.images``). Lines carry labels ("depth 3",
-"min nuclear norm", "ground truth", "sigma_1", ...).
+``ax.images``). Artists carry a ``gid`` saying what they are.
+
+Statistics over seeds are the **median** (thick line, markers; gid
+"median <curve>", label "depth N" / "min nuclear norm") with a shaded
+**min--max band** (a fill plus thin edge lines, gids "min <curve>" and
+"max <curve>"): never mean +- std, which on a log axis hides skew and runs below
+zero. The median and band are over all runs of the point with a finite metric
+(converged, budget, and diverged runs that kept a finite value; the ``count``
+column of the table). Runs that hit the step budget are drawn again
+individually as hollow markers in the curve's colour, diverged runs as red x
+(at the top edge when their metric is not finite); the legend counts them.
 
 * :func:`plot_error_vs_observations` (paper figure 1): reconstruction error vs
-  number of observations, one line with error bars (mean +- std over seeds) per
-  depth, and the minimum-nuclear-norm baseline; log y.
+  number of observations, per depth, and the minimum-nuclear-norm baseline.
+* :func:`plot_error_vs_depth`: the same at one number of observations, vs
+  depth, every run drawn (the quick start's figure).
 * :func:`plot_init_scale_panels` (paper figure 2): per number of observations,
-  reconstruction error / nuclear norm / effective rank vs ||W(0)||_F =
-  init_scale * sqrt(n) (log x), one line per (depth, lr), with horizontal lines
-  at the min-nuclear-norm solution's and the ground truth's levels.
-* :func:`plot_singular_value_trajectories` (paper figure 3): top singular values
-  of W vs step, one panel per depth (incremental learning).
-* :func:`plot_alignment`: diagonal vs off-diagonal magnitudes of
-  U^T grad l(W) V over steps (the paper's alignment panel).
-* :func:`plot_phase_diagram`: fraction of runs recovering W* over a grid of
-  (observations x rank) or (observations x depth).
+  reconstruction error / nuclear norm / effective rank vs ||W(0)||_F.
+* :func:`plot_recovery_vs_observations`: fraction of runs recovering W* vs
+  number of observations, per depth and the baseline.
+* :func:`plot_phase_diagram`: that fraction over a grid.
+* :func:`plot_learning_curves`, :func:`plot_singular_value_trajectories`
+  (paper figure 3), :func:`plot_alignment`: curves over training steps, from
+  :mod:`dmfjax.plot_curves`.
 
-matplotlib is imported only here, and only when a function is called; nothing
-assumes a display (the Agg backend works).
+matplotlib is imported only when a function is called; nothing assumes a
+display (the Agg backend works). Labels use matplotlib mathtext.
 """
 
 from __future__ import annotations
@@ -33,37 +41,16 @@ import numpy as np
 import pandas as pd
 
 from dmfjax import analysis
+from dmfjax.plot_curves import (  # noqa: F401  (re-exported)
+    BAND_ALPHA, INIT_NORM_LABEL, MEDIAN_COLOR, METRIC_LABELS, N_OBS_LABEL, NN_COLOR,
+    SHORT_LABELS, _fmt, tidy_log_axis, _new_axes, _pyplot, depth_color, finite, mark_outcomes,
+    outcome_handles, plot_alignment, plot_learning_curves,
+    plot_singular_value_trajectories)
 
-METRIC_LABELS = {
-    "reconstruction_error": "reconstruction error",
-    "test_error": "test error",
-    "train_loss": "train loss",
-    "nuclear_norm": "nuclear norm",
-    "effective_rank": "effective rank",
-}
 PANEL_METRICS = ("reconstruction_error", "nuclear_norm", "effective_rank")
 NN_LABEL = "min nuclear norm"
 TRUTH_LABEL = "ground truth"
-
-
-def _pyplot():
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-  return plt
-
-
-def _new_axes(ax):
-  if ax is not None:
-    return ax
-  _, ax = _pyplot().subplots(figsize=(5.0, 3.8), layout="constrained")
-  return ax
-
-
-def _fmt(value) -> str:
-  if value is None or (isinstance(value, float) and np.isnan(value)):
-    return "-"
-  if isinstance(value, (float, np.floating)):
-    return f"{value:g}"
-  return str(value)
+LR_STYLES = ("-", "--", "-.", ":")
 
 
 def _one_value(runs: pd.DataFrame, column: str, given, what: str):
@@ -82,18 +69,52 @@ def _no_minor_labels(axis):
   axis.set_minor_formatter(NullFormatter())
 
 
-def _errorbar(ax, table: pd.DataFrame, x: str, label: str, **style):
-  std = np.nan_to_num(table["std"].to_numpy(float), nan=0.0)
-  return ax.errorbar(table[x].to_numpy(float), table["mean"].to_numpy(float),
-                     yerr=std, label=label, capsize=3, marker="o",
-                     markersize=4, **style)
+def _finite_metric(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
+  runs = runs.copy()
+  runs[metric] = finite(runs[metric].to_numpy())
+  return runs
+
+
+def _median_band(ax, table: pd.DataFrame, x: str, label: str, color,
+                 linestyle="-", tag: str | None = None):
+  """Median line with markers and a shaded min-max band (with edge lines)."""
+  tag = tag or label
+  xs = table[x].to_numpy(float)
+  low, high = table["min"].to_numpy(float), table["max"].to_numpy(float)
+  ax.fill_between(xs, low, high, color=color, alpha=BAND_ALPHA, linewidth=0,
+                  gid=f"band {tag}", label="_band")
+  for name, values in (("min", low), ("max", high)):
+    ax.plot(xs, values, color=color, linewidth=0.6, alpha=0.6,
+            linestyle=linestyle, gid=f"{name} {tag}", label="_edge")
+  return ax.plot(xs, table["median"].to_numpy(float), color=color,
+                 linestyle=linestyle, marker="o", markersize=4, linewidth=1.8,
+                 gid=f"median {tag}", label=label)[0]
+
+
+def _outcomes(runs: pd.DataFrame, metric: str) -> tuple[int, int, int]:
+  """(budget, diverged, diverged without a finite ``metric``) run counts."""
+  if "status" not in runs:
+    return 0, 0, 0
+  diverged = (runs["status"] == "diverged").to_numpy()
+  off = diverged & ~np.isfinite(finite(runs[metric].to_numpy()))
+  return (int((runs["status"] == "budget").sum()), int(diverged.sum()),
+          int(off.sum()))
+
+
+def _legend_outside(ax, outcomes: tuple[int, int, int], title: str | None = None):
+  handles, labels = ax.get_legend_handles_labels()
+  extra = outcome_handles(*outcomes)
+  ax.legend(handles + extra, labels + [h.get_label() for h in extra],
+            fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0),
+            borderaxespad=0.0, title=title, title_fontsize="small",
+            handlelength=3)
 
 
 def plot_error_vs_observations(runs: pd.DataFrame,
                                metric: str = "reconstruction_error",
                                problem: str | None = None, ax=None,
                                **filters):
-  """Paper figure 1: ``metric`` vs number of observations, per depth.
+  """Paper figure 1: ``metric`` vs number of observations, per depth; log y.
 
   Args:
     runs: runs table (deep-factorization and, optionally, nuclear-norm runs).
@@ -103,25 +124,88 @@ def plot_error_vs_observations(runs: pd.DataFrame,
     **filters: further :func:`analysis.select` filters (e.g. init_scale=1e-3).
 
   Returns:
-    The axes. Lines (errorbar containers) are labelled "depth N" in increasing
-    depth, then "min nuclear norm"; their data equal
-    ``analysis.error_vs_observations(runs, metric, by=('method', 'depth'))``.
+    The axes. Median lines "depth N" (increasing depth), then
+    "min nuclear norm", each with its min-max band (see the module doc); their
+    data equal the median / min / max columns of
+    ``analysis.curve_with_status(runs, 'n_obs', metric, by=('method',
+    'depth'))`` (+-inf counted as NaN). Budget / diverged runs are marked
+    individually (gids "budget depth N", "diverged depth N") and counted in
+    the legend.
   """
   problem = _one_value(runs, "problem", problem, "plot_error_vs_observations")
-  runs = analysis.select(runs, problem=problem, **filters)
-  table = analysis.error_vs_observations(runs, metric, by=("method", "depth"))
+  runs = _finite_metric(analysis.select(runs, problem=problem, **filters), metric)
+  table = analysis.curve_with_status(runs, "n_obs", metric, by=("method", "depth"))
   ax = _new_axes(ax)
-  dmf = table[table["method"] == "dmf"]
-  for depth, line in dmf.groupby("depth", sort=True):
-    _errorbar(ax, line, "n_obs", f"depth {int(depth)}")
-  nn = table[table["method"] == "nuclear_norm"]
-  if len(nn):
-    _errorbar(ax, nn, "n_obs", NN_LABEL, color="black", linestyle="--")
+  curves = [(f"depth {int(d)}", depth_color(d), "-",
+             table[(table["method"] == "dmf") & (table["depth"] == d)],
+             runs[(runs["method"] == "dmf") & (runs["depth"] == d)])
+            for d in sorted(table.loc[table["method"] == "dmf", "depth"].unique())]
+  if (table["method"] == "nuclear_norm").any():
+    curves.append((NN_LABEL, NN_COLOR, "--",
+                   table[table["method"] == "nuclear_norm"],
+                   runs[runs["method"] == "nuclear_norm"]))
+  for label, color, style, line, members in curves:
+    _median_band(ax, line, "n_obs", label, color, style)
+    mark_outcomes(ax, members["n_obs"], members[metric], members["status"],
+                  color, label)
   ax.set_yscale("log")
-  ax.set_xlabel("number of observations")
+  tidy_log_axis(ax)
+  ax.set_xlabel(N_OBS_LABEL)
   ax.set_ylabel(METRIC_LABELS.get(metric, metric))
-  ax.set_title(f"{problem}: {METRIC_LABELS.get(metric, metric)} vs observations")
-  ax.legend(fontsize="small")
+  ax.set_title(f"{problem}: {SHORT_LABELS.get(metric, metric)} vs observations",
+               fontsize="medium")
+  _legend_outside(ax, _outcomes(runs, metric), "median, min-max")
+  return ax
+
+
+def plot_error_vs_depth(runs: pd.DataFrame, metric: str = "reconstruction_error",
+                        problem: str | None = None, ax=None, **filters):
+  """``metric`` vs depth at one number of observations, every run drawn; log y.
+
+  Args:
+    runs: runs table of one setting (one n_obs) over depths, optionally with
+      nuclear-norm runs (drawn as a horizontal median line and min-max band).
+    metric, problem, ax, **filters: as in :func:`plot_error_vs_observations`.
+
+  Returns:
+    The axes. The median line (gid "median dmf") and band over depth equal
+    ``analysis.curve_with_status(dmf_runs, 'depth', metric)``; each run is a
+    dot (gid "runs dmf": x = depth, y = metric, converged and budget runs),
+    budget runs also get a hollow marker and diverged runs a red x.
+  """
+  problem = _one_value(runs, "problem", problem, "plot_error_vs_depth")
+  runs = _finite_metric(analysis.select(runs, problem=problem, **filters), metric)
+  n_obs = _one_value(runs, "n_obs", None, "plot_error_vs_depth")
+  dmf = runs[runs["method"] == "dmf"]
+  table = analysis.curve_with_status(dmf, "depth", metric)
+  ax = _new_axes(ax)
+  _median_band(ax, table, "depth", "deep factorization (median)", MEDIAN_COLOR,
+               tag="dmf")
+  shown = dmf[dmf["status"] != "diverged"]
+  ax.scatter(shown["depth"].to_numpy(float), shown[metric].to_numpy(float),
+             c=[depth_color(d) for d in shown["depth"]], s=16, zorder=3,
+             gid="runs dmf", label="_runs")
+  from matplotlib.lines import Line2D  # pylint: disable=import-outside-toplevel
+  ax.add_artist(Line2D([], [], linestyle="none", marker="o", markersize=4,
+                       color="0.5", label="one run (colour: depth)"))
+  for depth, members in dmf.groupby("depth", sort=True):
+    mark_outcomes(ax, members["depth"], members[metric], members["status"],
+                  depth_color(depth), f"depth {int(depth)}")
+  nn = runs[runs["method"] == "nuclear_norm"]
+  values = finite(nn[metric].to_numpy()) if len(nn) else np.array([])
+  if np.isfinite(values).any():
+    ax.axhspan(np.nanmin(values), np.nanmax(values), color=NN_COLOR, alpha=0.08,
+               gid="band min nuclear norm", label="_band")
+    ax.axhline(np.nanmedian(values), color=NN_COLOR, linestyle="--",
+               gid="median min nuclear norm",
+               label=f"{NN_LABEL} ({len(nn)} runs)")
+  ax.set_yscale("log")
+  tidy_log_axis(ax)
+  ax.set_xticks(sorted(int(d) for d in dmf["depth"].unique()))
+  ax.set_xlabel(r"depth $N$")
+  ax.set_ylabel(METRIC_LABELS.get(metric, metric))
+  ax.set_title(f"{problem}, {_fmt(n_obs)} observations", fontsize="medium")
+  _legend_outside(ax, _outcomes(runs, metric), "median, min-max")
   return ax
 
 
@@ -143,9 +227,12 @@ def plot_init_scale_panels(runs: pd.DataFrame, problem: str | None = None,
 
   Returns:
     The figure; ``fig.axes`` is row-major (n_obs, metric). In each panel the
-    lines labelled "depth N, lr L" have x = init_norm and y = mean of
-    ``analysis.error_vs_init_scale(..., by=('n_obs', 'depth', 'lr'))``;
-    horizontal lines are labelled "min nuclear norm" and "ground truth".
+    median lines labelled "depth N, lr L" (colour: depth, line style: lr) have
+    x = init_norm and y = median of ``analysis.error_vs_init_scale(...,
+    by=('n_obs', 'depth', 'lr'))``, with min-max bands (gids "min/max depth N,
+    lr L"); budget / diverged runs are marked individually and counted in the
+    figure legend; horizontal lines are labelled "min nuclear norm" and
+    "ground truth" (the nuclear-norm runs' mean, the truth's mean).
   """
   problem = _one_value(runs, "problem", problem, "plot_init_scale_panels")
   runs = analysis.select(runs, problem=problem, **filters)
@@ -154,9 +241,10 @@ def plot_init_scale_panels(runs: pd.DataFrame, problem: str | None = None,
     n_obs = sorted(dmf["n_obs"].dropna().unique())
   n_obs = [int(k) for k in n_obs]
   levels = analysis.baseline_levels(runs, by=("n_obs",))
+  lrs = sorted(dmf["lr"].dropna().unique())
   plt = _pyplot()
   if fig is None:
-    fig = plt.figure(figsize=(4.0 * len(metrics), 3.3 * len(n_obs)),
+    fig = plt.figure(figsize=(4.0 * len(metrics) + 1.6, 3.3 * len(n_obs)),
                      layout="constrained")
   axes = fig.subplots(len(n_obs), len(metrics), squeeze=False)
   by = ("n_obs", "depth", "lr")
@@ -164,10 +252,18 @@ def plot_init_scale_panels(runs: pd.DataFrame, problem: str | None = None,
     level = levels[levels["n_obs"] == count]
     for j, metric in enumerate(metrics):
       ax = axes[i, j]
-      table = analysis.error_vs_init_scale(dmf, metric, by=by, n_obs=count)
+      clean = _finite_metric(dmf, metric)
+      table = analysis.error_vs_init_scale(clean, metric, by=by, n_obs=count)
+      members = analysis.select(clean, n_obs=count)
       for (depth, lr), line in table.groupby(["depth", "lr"], sort=True,
                                              dropna=False):
-        _errorbar(ax, line, "init_norm", f"depth {int(depth)}, lr {_fmt(lr)}")
+        style = LR_STYLES[lrs.index(lr) % len(LR_STYLES)] if lr in lrs else "-"
+        label = f"depth {int(depth)}, lr {_fmt(lr)}"
+        _median_band(ax, line, "init_norm", label, depth_color(depth), style)
+        run = analysis.select(members, depth=depth, lr=lr)
+        mark_outcomes(ax, run["init_scale"].astype(float) * np.sqrt(
+            run["n_rows"].astype(float)), run[metric], run["status"],
+                      depth_color(depth), label)
       nn_level = level[f"nn_{metric}"].iloc[0] if (
           len(level) and f"nn_{metric}" in level) else np.nan
       if np.isfinite(nn_level):
@@ -177,126 +273,76 @@ def plot_init_scale_panels(runs: pd.DataFrame, problem: str | None = None,
       if np.isfinite(truth):
         ax.axhline(truth, color="gray", linestyle=":", label=TRUTH_LABEL)
       ax.set_xscale("log")
+      norms = np.sort(table["init_norm"].dropna().unique())
+      if 0 < len(norms) <= 6:
+        ax.set_xticks(norms, [f"{v:.3g}" for v in norms])
       _no_minor_labels(ax.xaxis)
       if metric in ("reconstruction_error", "test_error", "train_loss"):
         ax.set_yscale("log")
-      ax.set_xlabel("||W(0)||_F")
-      ax.set_ylabel(METRIC_LABELS.get(metric, metric))
+        tidy_log_axis(ax)
+      ax.set_xlabel(INIT_NORM_LABEL)
+      ax.set_ylabel(SHORT_LABELS.get(metric, metric))
       ax.set_title(f"{problem}, {count} observations", fontsize="medium")
   if len(n_obs):
     legend = {}
-    for ax in axes[0]:
+    for ax in axes.ravel():
       for handle, label in zip(*ax.get_legend_handles_labels()):
         legend.setdefault(label, handle)
-    fig.legend(list(legend.values()), list(legend), loc="outside right upper",
-               fontsize="small")
+    extra = outcome_handles(*_outcomes(analysis.select(dmf, n_obs=n_obs),
+                                       metrics[0]))
+    fig.legend(list(legend.values()) + extra,
+               list(legend) + [h.get_label() for h in extra],
+               loc="outside right upper", fontsize="small",
+               title="median, min-max", title_fontsize="small", handlelength=3)
   return fig
 
 
-def _with_config(trajectories: pd.DataFrame, runs: pd.DataFrame | None):
-  if runs is not None and "depth" not in trajectories.columns:
-    return analysis.join_config(trajectories, runs)
-  if "depth" not in trajectories.columns:
-    raise ValueError("trajectories lack configuration columns (depth ...): "
-                     "pass runs=..., or load them with load_trajectories")
-  return trajectories
+def _curve_labels(runs: pd.DataFrame) -> pd.Series:
+  return pd.Series([NN_LABEL if m == "nuclear_norm" else f"depth {int(d)}"
+                    for m, d in zip(runs["method"], runs["depth"])],
+                   index=runs.index, dtype=object)
 
 
-def _runs_of(trajectories: pd.DataFrame) -> pd.DataFrame:
-  """One row per run of a config-joined trajectories table."""
-  return trajectories.drop_duplicates("run_id").reset_index(drop=True)
-
-
-def plot_singular_value_trajectories(trajectories: pd.DataFrame,
-                                     runs: pd.DataFrame | None = None,
-                                     top: int = 10, run_ids: Sequence[str] | None
-                                     = None, log_y: bool = False, fig=None):
-  """Paper figure 3: top singular values of W over steps, one panel per depth.
+def plot_recovery_vs_observations(runs: pd.DataFrame, threshold: float = 1e-3,
+                                  metric: str = "reconstruction_error",
+                                  problem: str | None = None, ax=None,
+                                  **filters):
+  """Fraction of runs recovering W* (metric <= threshold) vs observations.
 
   Args:
-    trajectories: trajectories table, joined to configuration (or pass runs).
-    runs: the runs table, if ``trajectories`` lacks configuration columns.
-    top: how many of the largest singular values to draw.
-    run_ids: the runs to draw (one panel each); default one run per depth,
-      chosen by :func:`analysis.representative_runs`.
-    log_y: log scale on the singular values.
-    fig: a matplotlib Figure to draw into (a new one if None).
+    runs: runs table (deep-factorization and, optionally, nuclear-norm runs).
+    threshold: recovery threshold on ``metric``; NaN (diverged) = not recovered.
+    metric, problem, ax, **filters: as in :func:`plot_error_vs_observations`.
 
   Returns:
-    The figure; panel k shows run k (in depth order) with lines "sigma_1" ..
-    "sigma_top" whose data equal ``analysis.singular_value_table``.
+    The axes; one line per depth ("depth N") and "min nuclear norm" whose data
+    equal ``analysis.recovery_fraction(runs + curve column, 'n_obs', 'curve')``
+    where curve is the line's label (fraction = recovered / all runs).
   """
-  trajectories = _with_config(trajectories, runs)
-  chosen = _runs_of(trajectories)
-  if run_ids is None:
-    chosen = analysis.representative_runs(chosen, by=("depth",))
-  else:
-    chosen = chosen.set_index("run_id").loc[list(run_ids)].reset_index()
-  plt = _pyplot()
-  if fig is None:
-    fig = plt.figure(figsize=(4.0 * max(len(chosen), 1), 3.4),
-                     layout="constrained")
-  axes = fig.subplots(1, max(len(chosen), 1), squeeze=False)[0]
-  for ax, run in zip(axes, chosen.itertuples(index=False)):
-    traj = trajectories[trajectories["run_id"] == run.run_id]
-    values = analysis.singular_value_table(traj, top=top)
-    for index, line in values.groupby("index", sort=True):
-      ax.plot(line["step"].to_numpy(float), line["singular_value"].to_numpy(float),
-              label=f"sigma_{int(index)}")
-    depth = getattr(run, "depth", None)
-    ax.set_title(f"depth {_fmt(depth)}" if depth is not None else str(run.run_id),
-                 fontsize="medium")
-    ax.set_xlabel("step")
-    ax.set_ylabel("singular values")
-    if log_y:
-      ax.set_yscale("log")
-  if len(chosen):
-    axes[0].legend(fontsize="x-small", ncols=2)
-  return fig
-
-
-def plot_alignment(trajectories: pd.DataFrame, run_id: str | None = None,
-                   runs: pd.DataFrame | None = None, top: int = 5, ax=None):
-  """Diagonal vs off-diagonal entries of U^T grad l(W) V over steps.
-
-  Args:
-    trajectories: trajectories table with alignment columns.
-    run_id: the run to draw; default the depth-2 representative run (or the
-      first run with alignment data).
-    runs: the runs table, if ``trajectories`` lacks configuration columns.
-    top: how many diagonal entries (largest singular directions) to draw.
-    ax: axes to draw into (new figure if None).
-
-  Returns:
-    The axes; lines "diag 1" .. "diag k" and "off-diagonal (mean)" whose data
-    equal ``analysis.alignment_table``; log y.
-  """
-  traj = trajectories[trajectories["alignment_diag"].notna()]
-  if run_id is None:
-    if runs is not None or "depth" in traj.columns:
-      traj = _with_config(traj, runs)
-      candidates = _runs_of(traj)
-      two = candidates[candidates["depth"] == 2]
-      candidates = two if len(two) else candidates
-      run_id = analysis.representative_runs(candidates, by=("method",))["run_id"].iloc[0]
-    elif len(traj):
-      run_id = traj["run_id"].iloc[0]
-    else:
-      raise ValueError("plot_alignment: no trajectory rows with alignment data")
-  table = analysis.alignment_table(traj[traj["run_id"] == run_id], top=top)
+  problem = _one_value(runs, "problem", problem, "plot_recovery_vs_observations")
+  runs = analysis.select(runs, problem=problem, **filters)
+  labelled = runs.assign(curve=_curve_labels(runs))
+  table = analysis.recovery_fraction(labelled, "n_obs", "curve",
+                                     threshold=threshold, metric=metric)
   ax = _new_axes(ax)
-  steps = table["step"].to_numpy(float)
-  diag_columns = [c for c in table.columns if c.startswith("diag_")
-                  and c != "diag_mean"]
-  for c in diag_columns:
-    ax.plot(steps, table[c].to_numpy(float), label=f"diag {c.split('_')[1]}")
-  ax.plot(steps, table["offdiag"].to_numpy(float), color="black",
-          linestyle="--", label="off-diagonal (mean)")
-  ax.set_yscale("log")
-  ax.set_xlabel("step")
-  ax.set_ylabel("|U^T grad l(W) V|")
-  ax.set_title(f"alignment, run {run_id}", fontsize="medium")
-  ax.legend(fontsize="x-small")
+  depths = sorted(runs.loc[runs["method"] == "dmf", "depth"].dropna().unique())
+  order = [(f"depth {int(d)}", depth_color(d), "-") for d in depths]
+  order.append((NN_LABEL, NN_COLOR, "--"))
+  for label, color, style in order:
+    line = table[table["curve"] == label]
+    if len(line):
+      ax.plot(line["n_obs"].to_numpy(float), line["fraction"].to_numpy(float),
+              color=color, linestyle=style, marker="o", markersize=4,
+              gid=f"recovery {label}", label=label)
+  ax.set_ylim(-0.04, 1.04)
+  ax.set_xlabel(N_OBS_LABEL)
+  ax.set_ylabel(r"fraction of runs recovering $W^*$")
+  per_point = sorted(table["count"].unique()) if len(table) else []
+  ax.set_title(f"{problem}: {SHORT_LABELS.get(metric, metric)} "
+               rf"$\leq$ {threshold:g} ({'/'.join(str(c) for c in per_point)}"
+               " runs per point)", fontsize="medium")
+  ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0),
+            borderaxespad=0.0, handlelength=3)
   return ax
 
 
@@ -315,7 +361,8 @@ def plot_phase_diagram(runs: pd.DataFrame, x: str = "n_obs", y: str = "rank",
   Returns:
     The axes; ``ax.images[0].get_array()`` equals
     ``analysis.recovery_grid(analysis.recovery_fraction(...), x, y)`` (rows: y
-    ascending from the bottom, columns: x ascending); cells without runs are NaN.
+    ascending from the bottom, columns: x ascending); cells without runs are
+    NaN; small grids print "recovered/runs" in each cell.
   """
   table = analysis.recovery_fraction(runs, x, y, threshold=threshold,
                                      metric=metric, **filters)
@@ -323,12 +370,21 @@ def plot_phase_diagram(runs: pd.DataFrame, x: str = "n_obs", y: str = "rank",
   ax = _new_axes(ax)
   image = ax.imshow(grid.to_numpy(float), origin="lower", aspect="auto",
                     vmin=0.0, vmax=1.0, cmap="viridis", interpolation="nearest")
+  if grid.size <= 100:
+    rows, cols = list(grid.index), list(grid.columns)
+    for cell in table.itertuples(index=False):
+      row = dict(zip(table.columns, cell))
+      fraction = row["fraction"]
+      ax.text(cols.index(row[x]), rows.index(row[y]),
+              f"{row['recovered']}/{row['count']}", ha="center", va="center",
+              fontsize="x-small", color="black" if fraction > 0.6 else "white")
   ax.set_xticks(range(grid.shape[1]), [_fmt(v) for v in grid.columns],
                 rotation=45 if grid.shape[1] > 6 else 0)
   ax.set_yticks(range(grid.shape[0]), [_fmt(v) for v in grid.index])
-  ax.set_xlabel(x)
-  ax.set_ylabel(y)
-  ax.set_title(f"fraction with {METRIC_LABELS.get(metric, metric)} <= {threshold:g}",
-               fontsize="medium")
+  names = {"n_obs": N_OBS_LABEL, "rank": r"rank $r$", "depth": r"depth $N$"}
+  ax.set_xlabel(names.get(x, x))
+  ax.set_ylabel(names.get(y, y))
+  ax.set_title(f"fraction with {SHORT_LABELS.get(metric, metric)} "
+               rf"$\leq$ {threshold:g}", fontsize="medium")
   ax.figure.colorbar(image, ax=ax, label="fraction recovered")
   return ax

@@ -1,4 +1,4 @@
-"""Report: every figure the results support, as PNGs plus a Markdown report.
+"""Report: every figure the results support, as PNG + SVG, report.md and report.html.
 
     python -m dmfjax.report --results results/fig1 [--results DIR2 ...] \\
         --out results/report [--theory]
@@ -10,185 +10,51 @@ or, from Python (the sweep driver calls this after the quick start)::
 
 What is drawn depends on what the runs tables hold:
 
-* a depth summary table (always),
-* figure 1 (error vs observations) per problem whose deep runs span >= 2
-  observation counts,
+* a depth summary table with run outcomes (always),
+* error vs depth (every run drawn) per sweep at a single observation count,
+* figure 1 (error vs observations) and the recovery fraction vs observations
+  per problem whose deep runs span >= 2 observation counts,
 * figure 2 panels (error / nuclear norm / effective rank vs ||W(0)||_F) per
   problem whose deep runs span >= 2 init scales,
 * the baseline levels (min nuclear norm, ground truth) per (problem, n_obs),
-* figure 3 (singular values over steps, one panel per depth) and the alignment
+* learning curves (train loss, reconstruction error vs step per depth),
+  figure 3 (singular values over steps, one panel per depth) and the alignment
   panel per (sweep, problem) with logged trajectories,
 * phase diagrams (fraction recovering W*) for observations x rank and
   observations x depth grids.
 
+Statistics over seeds are medians with min-max bands; runs that hit the step
+budget and diverged runs are counted in the tables and marked in the figures.
 When several settings compete for one figure (e.g. figure 1 from a sweep that
 also varies the init scale), the report fixes the others -- the smallest init
 scale, and the most common value of every other setting -- and says so under
 the figure. ``--theory`` appends the numerical checks of :mod:`dmfjax.theory`
-(seconds on a CPU). Markdown tables are formatted here (no tabulate needed).
+(seconds on a CPU). Rendering (Markdown, self-contained HTML, no extra
+dependency) is in :mod:`dmfjax.report_doc`.
 """
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
-from dmfjax import analysis
+from dmfjax import analysis, dynamics, report_doc
 
-# Settings that may be fixed to draw one figure; problem settings first.
-PROBLEM_SETTINGS = ("n_rows", "n_cols", "rank", "symmetric")
-DMF_SETTINGS = ("width", "init", "init_scale", "optimizer", "lr", "max_steps",
-                "stop_loss", "dtype")
-
-
-# --------------------------------------------------------------------------
-# Markdown.
-
-def _cell(value, digits: int) -> str:
-  if value is None:
-    return ""
-  if isinstance(value, (list, tuple, np.ndarray)):
-    items = [_cell(v, digits) for v in list(value)[:5]]
-    return "[" + ", ".join(items) + (", ...]" if len(value) > 5 else "]")
-  if isinstance(value, (bool, np.bool_)):
-    return str(bool(value))
-  if isinstance(value, (int, np.integer)):
-    return str(int(value))
-  if isinstance(value, (float, np.floating)):
-    if np.isnan(value):
-      return ""
-    if float(value).is_integer() and abs(value) < 1e15:
-      return str(int(value))
-    return f"{value:.{digits}g}"
-  try:
-    if pd.isna(value):
-      return ""
-  except (TypeError, ValueError):
-    pass
-  return str(value).replace("|", "\\|").replace("\n", " ")
-
-
-def markdown_table(df: pd.DataFrame, digits: int = 4, index: bool = False) -> str:
-  """``df`` as a GitHub-flavoured Markdown table (numbers to ``digits`` digits)."""
-  if index:
-    df = df.reset_index()
-  header = [str(c) for c in df.columns]
-  lines = ["| " + " | ".join(header) + " |",
-           "|" + "|".join("---" for _ in header) + "|"]
-  for row in df.itertuples(index=False):
-    lines.append("| " + " | ".join(_cell(v, digits) for v in row) + " |")
-  return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------
-# Choosing what to draw.
-
-def _mode(series: pd.Series):
-  counts = series.value_counts(dropna=False)
-  best = counts[counts == counts.max()].index
-  try:
-    return sorted(best)[0]
-  except TypeError:
-    return best[0]
-
-
-def fix_settings(runs: pd.DataFrame, free: Sequence[str] = ()
-                 ) -> tuple[pd.DataFrame, dict]:
-  """Restricts ``runs`` to one value of every varying setting not in ``free``.
-
-  The smallest init scale; the most common value otherwise (ties: smallest).
-  Problem settings apply to every method; factorization settings only to the
-  deep runs (nuclear-norm runs have them null).
-
-  Returns:
-    (the kept runs, {setting: chosen value}) for the settings that varied.
-  """
-  chosen = {}
-  for column in PROBLEM_SETTINGS:
-    if column in free or column not in runs:
-      continue
-    if runs[column].nunique(dropna=True) > 1:
-      value = _mode(runs[column].dropna())
-      chosen[column] = value
-      runs = runs[(runs[column] == value) | runs[column].isna()]
-  dmf = runs["method"] == "dmf"
-  for column in DMF_SETTINGS:
-    if column in free or column not in runs:
-      continue
-    values = runs.loc[dmf, column]
-    if values.nunique(dropna=False) > 1:
-      value = values.min() if column == "init_scale" else _mode(values)
-      chosen[column] = value
-      keep = ~dmf | analysis.matches(runs[column], value)
-      runs, dmf = runs[keep], dmf[keep]
-  return runs.reset_index(drop=True), chosen
-
-
-def _describe(chosen: dict) -> str:
-  if not chosen:
-    return ""
-  parts = ", ".join(f"{k} = {_cell(v, 4)}" for k, v in chosen.items())
-  return f"\n\n*Other settings fixed for this figure: {parts}.*"
-
-
-def _slug(*parts) -> str:
-  text = "_".join(str(p) for p in parts if p is not None)
-  return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_").lower()
-
-
-def sweep_groups(runs: pd.DataFrame):
-  """Yields (problem, sweep, runs): one sweep's deep runs plus the baseline.
-
-  The nuclear-norm runs of the same problem and problem settings (from any
-  sweep, as a baseline may be its own sweep) are added to each group.
-  """
-  synthetic = runs[runs["problem"] != "ratings"]
-  dmf = synthetic[synthetic["method"] == "dmf"]
-  nn = synthetic[synthetic["method"] == "nuclear_norm"]
-  for (problem, sweep), group in dmf.groupby(["problem", "sweep"], sort=True,
-                                             dropna=False):
-    baseline = nn[nn["problem"] == problem]
-    for column in (*PROBLEM_SETTINGS, "n_obs"):
-      if column in baseline:
-        baseline = baseline[analysis.matches(
-            baseline[column], list(group[column].unique()))]
-    yield problem, sweep, pd.concat([group, baseline], ignore_index=True)
-
-
-def _figure(width=6.0, height=4.2):
-  # A bare Figure (no pyplot): no global state, no display needed.
-  from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
-  return Figure(figsize=(width, height), layout="constrained")
+# Rendering and the choice of settings per figure live in dmfjax.report_doc.
+_cell = report_doc.cell
+markdown_table = report_doc.markdown_table
+fix_settings = report_doc.fix_settings
+sweep_groups = report_doc.sweep_groups
+_describe = report_doc.describe
+_slug = report_doc.slug
+_figure = report_doc.new_figure
+_Report = report_doc.Document
 
 
 # --------------------------------------------------------------------------
 # Sections.
-
-class _Report:
-  """Accumulates Markdown and figure files."""
-
-  def __init__(self, out_dir: Path):
-    self.out_dir = out_dir
-    self.lines: list[str] = []
-    self.figures: list[Path] = []
-
-  def add(self, text: str = ""):
-    self.lines.append(text)
-
-  def table(self, df: pd.DataFrame, **kwargs):
-    self.add(markdown_table(df, **kwargs) if len(df) else "*(empty)*")
-    self.add()
-
-  def save(self, fig, name: str, caption: str):
-    path = self.out_dir / f"{name}.png"
-    fig.savefig(path, dpi=110)
-    self.figures.append(path)
-    self.add(f"![{caption}]({path.name})")
-    self.add()
 
 
 def _depth_summary(rep: _Report, runs: pd.DataFrame):
@@ -205,7 +71,28 @@ def _depth_summary(rep: _Report, runs: pd.DataFrame):
     rep.table(analysis.depth_comparison(group).dropna(axis=1, how="all"))
 
 
-def _figure1(rep: _Report, runs: pd.DataFrame):
+def _depth_figure(rep: _Report, runs: pd.DataFrame):
+  from dmfjax import plots  # pylint: disable=import-outside-toplevel
+  for problem, sweep, group in sweep_groups(runs):
+    dmf = analysis.select(group, method="dmf")
+    if dmf["depth"].nunique() < 2 or dmf["n_obs"].nunique() != 1:
+      continue
+    group, chosen = fix_settings(group)
+    rep.add(f"## Reconstruction error vs depth ({problem}, sweep {sweep}, "
+            f"{int(dmf['n_obs'].iloc[0])} observations)")
+    rep.add()
+    fig = _figure(6.8, 4.2)
+    plots.plot_error_vs_depth(group, problem=problem, ax=fig.subplots())
+    rep.save(fig, _slug("depth", sweep, problem), f"error vs depth, {problem}")
+    rep.add("Dots: single runs; line and band: median and min-max over the runs "
+            "with a finite error; hollow circle: hit the step budget; red x: "
+            "diverged." + _describe(chosen))
+    rep.add()
+    rep.table(analysis.curve_with_status(group, "depth", "reconstruction_error",
+                                         by=("method",)))
+
+
+def _figure1(rep: _Report, runs: pd.DataFrame, threshold: float):
   from dmfjax import plots  # pylint: disable=import-outside-toplevel
   for problem, sweep, group in sweep_groups(runs):
     if analysis.select(group, method="dmf")["n_obs"].nunique() < 2:
@@ -214,12 +101,30 @@ def _figure1(rep: _Report, runs: pd.DataFrame):
     rep.add(f"## Figure 1: reconstruction error vs observations ({problem}, "
             f"sweep {sweep})")
     rep.add()
-    fig = _figure()
+    fig = _figure(7.2, 4.4)
     plots.plot_error_vs_observations(group, problem=problem, ax=fig.subplots())
     rep.save(fig, _slug("fig1", sweep, problem), f"error vs observations, {problem}")
-    rep.add("Mean, std (ddof 1), median, min, max over seeds:" + _describe(chosen))
+    rep.add("Line: median over seeds; band: min-max; hollow circles: runs that "
+            "hit the step budget; red x: diverged runs. Table: mean, std "
+            "(ddof 1), median, min, max over the `count` runs with a finite "
+            "error, and the outcomes of all `runs`:" + _describe(chosen))
     rep.add()
-    rep.table(analysis.error_vs_observations(group, by=("method", "depth")))
+    rep.table(analysis.curve_with_status(group, "n_obs", "reconstruction_error",
+                                         by=("method", "depth")))
+    rep.add(f"### Recovery vs observations ({problem}, sweep {sweep})")
+    rep.add()
+    fig = _figure(7.2, 4.0)
+    plots.plot_recovery_vs_observations(group, threshold=threshold,
+                                        problem=problem, ax=fig.subplots())
+    rep.save(fig, _slug("recovery", sweep, problem),
+             f"recovery fraction vs observations, {problem}")
+    labelled = group.assign(curve=plots._curve_labels(group))  # pylint: disable=protected-access
+    table = analysis.recovery_fraction(labelled, "n_obs", "curve",
+                                       threshold=threshold)
+    rep.add(f"Fraction of runs with reconstruction error <= {threshold:g} "
+            "(diverged runs count as not recovered).")
+    rep.add()
+    rep.table(table)
 
 
 def _figure2(rep: _Report, runs: pd.DataFrame):
@@ -231,18 +136,24 @@ def _figure2(rep: _Report, runs: pd.DataFrame):
     n_obs = sorted(analysis.select(group, method="dmf")["n_obs"].unique())
     rep.add(f"## Figure 2: dependence on the init size ({problem}, sweep {sweep})")
     rep.add()
-    fig = _figure(12.0, 3.3 * len(n_obs))
+    fig = _figure(13.6, 3.3 * len(n_obs) + 0.3)
     plots.plot_init_scale_panels(group, problem=problem, fig=fig)
     rep.save(fig, _slug("fig2", sweep, problem), f"init scale panels, {problem}")
-    rep.add("x axis: ||W(0)||_F = init_scale * sqrt(n_rows). Horizontal lines: "
-            "the minimum-nuclear-norm solution (dashed) and the ground truth "
-            "(dotted)." + _describe(chosen))
+    rep.add("x axis: ||W(0)||_F = init_scale * sqrt(n_rows). Lines: median over "
+            "seeds, bands: min-max, hollow circles: hit the step budget, red x: "
+            "diverged. Horizontal lines: the minimum-nuclear-norm solution "
+            "(dashed) and the ground truth (dotted)." + _describe(chosen))
     rep.add()
+    dmf = analysis.select(group, method="dmf")
+    n_rows = float(dmf["n_rows"].iloc[0])
     for metric in ("reconstruction_error", "nuclear_norm", "effective_rank"):
       rep.add(f"**{metric}**")
       rep.add()
-      rep.table(analysis.error_vs_init_scale(group, metric,
-                                             by=("n_obs", "depth", "lr")))
+      table = analysis.curve_with_status(dmf, "init_scale", metric,
+                                         by=("n_obs", "depth", "lr"))
+      table.insert(table.columns.get_loc("init_scale") + 1, "init_norm",
+                   table["init_scale"].astype(float) * np.sqrt(n_rows))
+      rep.table(table)
 
 
 def _baselines(rep: _Report, runs: pd.DataFrame):
@@ -257,6 +168,39 @@ def _baselines(rep: _Report, runs: pd.DataFrame):
           "(`nn_*`) and the ground truth's nuclear norm and effective rank.")
   rep.add()
   rep.table(levels.dropna(axis=1, how="all"))
+
+
+def _learning(rep: _Report, runs: pd.DataFrame, trajectories: pd.DataFrame | None):
+  from dmfjax import plots  # pylint: disable=import-outside-toplevel
+  if trajectories is None or not len(trajectories):
+    return
+  for (sweep, problem), group in trajectories.groupby(
+      ["sweep", "problem"], sort=True, dropna=False):
+    group_runs = analysis.select(runs, run_id=list(group["run_id"].unique()))
+    group_runs = analysis.select(group_runs, method="dmf")
+    if not len(group_runs) or group["step"].nunique() < 2:
+      continue
+    counts = group_runs["n_obs"].value_counts()
+    n_obs = min(counts[counts == counts.max()].index)
+    fixed, chosen = fix_settings(analysis.select(group_runs, n_obs=n_obs))
+    traj = group[group["run_id"].isin(fixed["run_id"])]
+    metrics = [m for m in ("train_loss", "reconstruction_error", "test_error")
+               if m in traj and np.isfinite(traj[m].to_numpy(float)).any()]
+    if not metrics:
+      continue
+    rep.add(f"## Learning curves ({problem}, sweep {sweep}, {int(n_obs)} "
+            "observations)")
+    rep.add()
+    fig = _figure(5.2 * len(metrics) + 0.4, 4.0)
+    plots.plot_learning_curves(traj, metrics=metrics, fig=fig)
+    rep.save(fig, _slug("learning", sweep, problem), f"learning curves, {problem}")
+    rep.add("Thin lines: single runs; thick: the median over the depth's runs at "
+            "each logged step (a run that stopped counts with its last value); "
+            "hollow circle: last step of a run that hit the step budget; red x: "
+            "a diverged run." + _describe(chosen))
+    rep.add()
+    rep.table(analysis.depth_comparison(fixed, by=("depth",))[
+        ["depth", "runs", *analysis.STATUSES, "steps_median", "error_median"]])
 
 
 def _dynamics(rep: _Report, runs: pd.DataFrame, trajectories: pd.DataFrame | None):
@@ -290,7 +234,7 @@ def _dynamics(rep: _Report, runs: pd.DataFrame, trajectories: pd.DataFrame | Non
                            "reconstruction_error", "test_error")
                if c in chosen and chosen[c].notna().any()]
     rep.table(chosen[columns])
-    final = analysis.singular_value_table(
+    final = dynamics.singular_value_table(
         traj.sort_values("step").groupby("run_id").tail(1), top=10)
     if len(final):
       wide = final.pivot(index="run_id", columns="index", values="singular_value")
@@ -408,65 +352,88 @@ def _theory(rep: _Report):
 
 # --------------------------------------------------------------------------
 
+def _check_results_dir(path: Path) -> None:
+  """Raises FileNotFoundError naming ``path`` unless it holds a runs table."""
+  if not path.is_dir():
+    raise FileNotFoundError(f"{path}: no such results directory")
+  table = path / "runs"
+  if not table.is_dir() or not any(table.rglob("*.parquet")):
+    raise FileNotFoundError(
+        f"{path}: no results here (expected parquet files under {table}); "
+        "is this a dmfjax results directory?")
+
+
+def _has_parquet(path: Path) -> bool:
+  return path.is_dir() and any(path.rglob("*.parquet"))
+
+
 def write_report(results_dirs, out_dir, theory: bool = False,
                  recovery_threshold: float = 1e-3) -> Path:
-  """Writes ``out_dir/report.md`` and its PNG figures; returns report.md's path.
+  """Writes ``out_dir/report.md``, ``report.html`` and the figures.
+
+  Every figure is saved as ``NAME.png`` and ``NAME.svg``; report.md links the
+  PNGs, report.html holds the same text and tables with every figure inline
+  (base64 PNG) and loads nothing from elsewhere.
 
   Args:
     results_dirs: one results directory or a list of them (concatenated).
-    out_dir: where report.md and the figures go (created).
+    out_dir: where the reports and the figures go (created).
     theory: also run the theory checks (seconds) and report their numbers.
     recovery_threshold: reconstruction error below which W* counts as
-      recovered (phase diagrams).
+      recovered (recovery curves, phase diagrams).
+
+  Returns:
+    The path of report.md.
+
+  Raises:
+    FileNotFoundError: a results directory is missing or holds no runs table.
+    ValueError: the runs tables hold no runs.
   """
   if isinstance(results_dirs, (str, Path)):
     results_dirs = [results_dirs]
-  results_dirs = [Path(d) for d in results_dirs]
-  out_dir = Path(out_dir)
-  out_dir.mkdir(parents=True, exist_ok=True)
+  results_dirs = [Path(d).expanduser() for d in results_dirs]
+  if not results_dirs:
+    raise ValueError("write_report: no results directory given")
+  for d in results_dirs:
+    _check_results_dir(d)
   runs = analysis.load_runs(*results_dirs)
+  if not len(runs):
+    raise ValueError(f"{', '.join(map(str, results_dirs))}: the runs table "
+                     "holds no runs")
   trajectories = None
-  with_traj = [d for d in results_dirs if (d / "trajectories").exists()]
+  with_traj = [d for d in results_dirs if _has_parquet(d / "trajectories")]
   if with_traj:
     trajectories = analysis.load_trajectories(*with_traj, runs=runs)
+  out_dir = Path(out_dir).expanduser()
+  out_dir.mkdir(parents=True, exist_ok=True)
 
   rep = _Report(out_dir)
   rep.add("# dmfjax report")
   rep.add()
   rep.add("Results: " + ", ".join(f"`{d}`" for d in results_dirs) + ".")
   sweeps = ", ".join(str(s) for s in sorted(runs["sweep"].dropna().unique()))
-  rep.add(f"{len(runs)} runs (sweeps: {sweeps}); "
+  outcomes = ", ".join(f"{int((runs['status'] == s).sum())} {s}"
+                       for s in analysis.STATUSES)
+  rep.add(f"{len(runs)} runs ({outcomes}; sweeps: {sweeps}); "
           f"{0 if trajectories is None else len(trajectories)} trajectory rows.")
+  rep.add("Statistics over seeds are medians with min-max ranges; runs that "
+          "hit their step budget and diverged runs are counted in every table "
+          "and marked in the figures.")
   rep.add()
   _depth_summary(rep, runs)
-  _figure1(rep, runs)
+  _depth_figure(rep, runs)
+  _figure1(rep, runs, recovery_threshold)
   _figure2(rep, runs)
   _baselines(rep, runs)
+  _learning(rep, runs, trajectories)
   _dynamics(rep, runs, trajectories)
   _phase(rep, runs, recovery_threshold)
   if theory:
     _theory(rep)
-  path = out_dir / "report.md"
-  path.write_text("\n".join(rep.lines).rstrip() + "\n")
-  return path
-
-
-def _main(argv):
-  del argv
-  path = write_report(FLAGS.results, FLAGS.out, theory=FLAGS.theory,
-                      recovery_threshold=FLAGS.recovery_threshold)
-  print(path)
+  return rep.write()
 
 
 if __name__ == "__main__":
-  # Flags are defined only when run as a program, so importing this module
-  # (e.g. from the sweep driver, which has its own flags) defines none.
-  from absl import app, flags  # pylint: disable=g-import-not-at-top
-  flags.DEFINE_multi_string("results", None, "results directory (repeatable)")
-  flags.DEFINE_string("out", None, "output directory for report.md and PNGs")
-  flags.DEFINE_bool("theory", False, "also run the theory checks (seconds)")
-  flags.DEFINE_float("recovery_threshold", 1e-3,
-                     "reconstruction error counted as recovering W*")
-  flags.mark_flags_as_required(["results", "out"])
-  FLAGS = flags.FLAGS
-  app.run(_main)
+  import sys
+  from dmfjax import cli
+  sys.exit(cli.main(["report", *sys.argv[1:]]))

@@ -8,7 +8,7 @@ import pandas as pd
 from dmfjax import results
 import pytest
 
-from dmfjax import analysis
+from dmfjax import analysis, dynamics
 
 
 def _runs():
@@ -178,7 +178,7 @@ def test_load_runs_and_trajectories(tmp_path):
                                     runs=loaded.iloc[6:])
   assert only["run_id"].tolist() == [runs["run_id"][6]]
 
-  svs = analysis.singular_value_table(trajectories, top=1)
+  svs = dynamics.singular_value_table(trajectories, top=1)
   assert svs["singular_value"].tolist() == [1.0, 3.0, 2.0]
 
   with pytest.raises(FileNotFoundError, match=str(tmp_path / "missing")):

@@ -12,7 +12,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from dmfjax import analysis, plots, report, results  # noqa: E402
+from dmfjax import analysis, dynamics, plot_curves, plots, report, results  # noqa: E402
 
 N = 10
 TOP = 4
@@ -61,10 +61,21 @@ def make_runs():
                          seed=seed))
   for n_obs, seed in itertools.product((20, 40, 60), range(3)):
     rows.append(_run_row(method="nuclear_norm", n_obs=n_obs, seed=seed))
-  for depth in (1, 2, 3):
-    rows.append(_run_row(method="dmf", depth=depth, n_obs=40, seed=0,
+  for depth, seed in itertools.product((1, 2, 3), range(2)):
+    rows.append(_run_row(method="dmf", depth=depth, n_obs=40, seed=seed,
                          sweep="dynamics"))
   runs = pd.DataFrame(rows)
+  # Outcomes to draw apart: diverged runs without and with a finite error.
+  for key, error in (((3, 40, 1e-3, 1e-3, 1), np.nan), ((4, 20, 1e-3, 1e-3, 0), 3.0),
+                     ((2, 60, 1e-3, 3e-4, 2), np.nan)):
+    hit = ((runs["sweep"] == "toy") & (runs["rank"] == 2)
+           & (runs[["depth", "n_obs", "init_scale", "lr", "seed"]]
+              .apply(tuple, axis=1) == key))
+    assert hit.sum() == 1
+    runs.loc[hit, ["status", "reconstruction_error"]] = ["diverged", error]
+  dyn = runs["sweep"] == "dynamics"
+  runs.loc[dyn, "status"] = np.where(runs.loc[dyn, "seed"] == 1, "budget",
+                                     "converged")
   for column in ("depth", "width", "solver_iterations", "rank"):
     runs[column] = runs[column].astype("Int64")
   return runs
@@ -74,11 +85,14 @@ def make_trajectories(runs):
   rows = []
   dyn = runs[runs["sweep"] == "dynamics"]
   for run in dyn.itertuples():
-    for step in range(0, 50, 10):
+    # Seed 1 stops (budget) earlier; steps differ by run.
+    for step in (range(0, 50, 10) if run.seed == 0 else (0, 15, 30)):
       svals = [float(np.exp(-(i + 1) / run.depth) * (1 + step)) for i in range(TOP)]
       diag = [0.5 / (1 + i + step) for i in range(TOP)]
-      rows.append(dict(run_id=run.run_id, step=step, train_loss=1.0 / (1 + step),
-                       reconstruction_error=0.5, test_error=np.nan,
+      rows.append(dict(run_id=run.run_id, step=step,
+                       train_loss=(1.0 + run.seed) / (1 + step) ** run.depth,
+                       reconstruction_error=0.5 / (1 + run.seed * step),
+                       test_error=np.nan,
                        nuclear_norm=sum(svals), effective_rank=2.0,
                        singular_values=svals,
                        alignment_diag=diag if run.depth == 2 else None,
@@ -115,31 +129,90 @@ def _by_label(artists):
   return {a.get_label(): a for a in artists}
 
 
-def _curves(ax):
-  """Labelled data lines: errorbar containers' data lines and plain lines."""
-  curves = {c.get_label(): c.lines[0] for c in ax.containers}
-  curves.update({line.get_label(): line for line in ax.lines
-                 if not line.get_label().startswith("_")})
-  return curves
+def _by_gid(ax):
+  """Lines by gid (median / min / max / budget / diverged / run ...)."""
+  return {line.get_gid(): line for line in ax.lines if line.get_gid()}
 
 
-def test_error_vs_observations_lines_equal_table(dataset):
-  _, runs, _ = dataset
-  runs = analysis.select(runs, sweep="toy", rank=2, init_scale=[1e-3, None],
+def _assert_band(ax, tag, expected, x):
+  """The median line and min/max edges of curve ``tag`` equal the table."""
+  lines = _by_gid(ax)
+  for stat in ("median", "min", "max"):
+    line = lines[f"{stat} {tag}"]
+    np.testing.assert_allclose(line.get_xdata(), expected[x])
+    np.testing.assert_allclose(line.get_ydata(), expected[stat].astype(float))
+  band = [c for c in ax.collections if c.get_gid() == f"band {tag}"]
+  assert len(band) == 1
+  ys = band[0].get_paths()[0].vertices[:, 1]
+  finite = expected[["min", "max"]].astype(float).to_numpy()
+  np.testing.assert_allclose([ys.min(), ys.max()],
+                             [np.nanmin(finite), np.nanmax(finite)])
+
+
+def _fig1_runs(runs):
+  return analysis.select(runs, sweep="toy", rank=2, init_scale=[1e-3, None],
                          lr=[1e-3, None])
+
+
+def test_error_vs_observations_median_band_equal_table(dataset):
+  _, runs, _ = dataset
+  runs = _fig1_runs(runs)
   ax = plots.plot_error_vs_observations(runs)
-  table = analysis.error_vs_observations(runs, by=("method", "depth"))
-  containers = _by_label(ax.containers)
-  assert set(containers) == {"depth 2", "depth 3", "depth 4", "min nuclear norm"}
-  for label, container in containers.items():
+  table = analysis.curve_with_status(runs, "n_obs", "reconstruction_error",
+                                     by=("method", "depth"))
+  medians = {line.get_label() for line in ax.lines
+             if (line.get_gid() or "").startswith("median")}
+  assert medians == {"depth 2", "depth 3", "depth 4", "min nuclear norm"}
+  assert not ax.containers  # no error bars
+  for label in medians:
     expected = (analysis.select(table, method="nuclear_norm")
                 if label == "min nuclear norm" else
                 analysis.select(table, depth=int(label.split()[1])))
-    line = container.lines[0]
-    np.testing.assert_allclose(line.get_xdata(), expected["n_obs"])
-    np.testing.assert_allclose(line.get_ydata(), expected["mean"])
-    assert expected["count"].tolist() == [3, 3, 3]
+    _assert_band(ax, label, expected, "n_obs")
+  # depth 3 at 40: one diverged run without an error -> median of the other 2;
+  # depth 4 at 20: a diverged run with a finite error 3.0 stays in the band.
+  row = analysis.select(table, depth=3, n_obs=40).iloc[0]
+  assert (row["count"], row["runs"], row["diverged"]) == (2, 3, 1)
+  row = analysis.select(table, depth=4, n_obs=20).iloc[0]
+  assert (row["count"], row["max"], row["diverged"]) == (3, 3.0, 1)
   assert ax.get_yscale() == "log"
+
+
+def test_error_vs_observations_marks_budget_and_diverged(dataset):
+  _, runs, _ = dataset
+  runs = _fig1_runs(runs)
+  ax = plots.plot_error_vs_observations(runs)
+  lines = _by_gid(ax)
+  budget = {gid: line for gid, line in lines.items() if gid.startswith("budget")}
+  drawn = sum(len(line.get_xdata()) for line in budget.values())
+  assert drawn == (runs["status"] == "budget").sum() == 6
+  expected = analysis.select(runs, method="dmf", depth=2, status="budget")
+  np.testing.assert_allclose(sorted(lines["budget depth 2"].get_ydata()),
+                             sorted(expected["reconstruction_error"]))
+  assert lines["budget depth 2"].get_markerfacecolor() == "none"
+  # The finite diverged run at its value, the NaN one at the top edge.
+  np.testing.assert_allclose(lines["diverged depth 4"].get_xydata(), [[20, 3.0]])
+  off = lines["diverged depth 3 (no finite value)"]
+  np.testing.assert_allclose(off.get_xdata(), [40])
+  assert off.get_transform() != ax.transData
+  assert all(line.get_color() == "red" for gid, line in lines.items()
+             if gid.startswith("diverged"))
+  legend = [t.get_text() for t in ax.get_legend().get_texts()]
+  assert "hit step budget (6 runs)" in legend
+  assert "diverged (2 runs; 1 at top: no finite value)" in legend
+
+
+def test_error_vs_depth(dataset):
+  _, runs, _ = dataset
+  dyn = analysis.select(runs, sweep="dynamics")
+  ax = plots.plot_error_vs_depth(dyn)
+  table = analysis.curve_with_status(dyn, "depth", "reconstruction_error")
+  _assert_band(ax, "dmf", table, "depth")
+  dots = [c for c in ax.collections if c.get_gid() == "runs dmf"][0]
+  np.testing.assert_allclose(
+      sorted(map(tuple, dots.get_offsets())),
+      sorted(zip(dyn["depth"].astype(float), dyn["reconstruction_error"])))
+  assert len(_by_gid(ax)["budget depth 2"].get_xdata()) == 1
 
 
 def test_init_scale_panels_lines_and_levels(dataset):
@@ -155,14 +228,12 @@ def test_init_scale_panels_lines_and_levels(dataset):
       assert ax.get_xscale() == "log"
       table = analysis.error_vs_init_scale(runs, metric, n_obs=n_obs,
                                            by=("n_obs", "depth", "lr"))
-      lines = _curves(ax)
+      lines = _by_label(ax.lines)
       for depth, lr in itertools.product((2, 3, 4), (1e-3, 3e-4)):
-        line = lines[f"depth {depth}, lr {lr:g}"]
         expected = analysis.select(table, depth=depth, lr=lr)
-        np.testing.assert_allclose(line.get_xdata(), expected["init_norm"])
-        np.testing.assert_allclose(line.get_xdata(),
+        np.testing.assert_allclose(expected["init_norm"],
                                    np.array([1e-3, 1e-2]) * np.sqrt(N))
-        np.testing.assert_allclose(line.get_ydata(), expected["mean"])
+        _assert_band(ax, f"depth {depth}, lr {lr:g}", expected, "init_norm")
       np.testing.assert_allclose(lines["min nuclear norm"].get_ydata(),
                                  level[f"nn_{metric}"])
       if metric == "reconstruction_error":
@@ -170,6 +241,68 @@ def test_init_scale_panels_lines_and_levels(dataset):
       else:
         np.testing.assert_allclose(lines["ground truth"].get_ydata(),
                                    level[f"truth_{metric}"])
+  # Outcomes counted in the figure legend; the diverged run at 20 drawn red.
+  legend = [t.get_text() for t in fig.legends[0].get_texts()]
+  shown = analysis.select(runs, method="dmf", n_obs=[20, 60])
+  assert f"hit step budget ({(shown['status'] == 'budget').sum()} runs)" in legend
+  assert any(t.startswith("diverged (2 runs") for t in legend)
+  diverged = _by_gid(fig.axes[0])["diverged depth 4, lr 0.001"]
+  np.testing.assert_allclose(diverged.get_xydata(), [[1e-3 * np.sqrt(N), 3.0]])
+
+
+def test_recovery_vs_observations(dataset):
+  _, runs, _ = dataset
+  runs = _fig1_runs(runs)
+  ax = plots.plot_recovery_vs_observations(runs, threshold=1e-2)
+  lines = _by_gid(ax)
+  assert set(lines) == {"recovery depth 2", "recovery depth 3",
+                        "recovery depth 4", "recovery min nuclear norm"}
+  for depth in (2, 3, 4):
+    members = analysis.select(runs, method="dmf", depth=depth)
+    expected = [np.mean(members[members.n_obs == k]["reconstruction_error"]
+                        .fillna(np.inf) <= 1e-2) for k in (20, 40, 60)]
+    np.testing.assert_allclose(lines[f"recovery depth {depth}"].get_ydata(),
+                               expected)
+  # The diverged depth-3 run at 40 (NaN error) counts as not recovered.
+  np.testing.assert_allclose(lines["recovery depth 3"].get_ydata(), [0, 2 / 3, 1])
+
+
+def test_learning_curves_equal_trajectories(dataset):
+  _, runs, traj = dataset
+  fig = plots.plot_learning_curves(traj)
+  assert len(fig.axes) == 2
+  for ax, metric in zip(fig.axes, plot_curves.LEARNING_METRICS):
+    assert ax.get_yscale() == "log"
+    lines = _by_gid(ax)
+    for run_id, rows in traj.groupby("run_id"):
+      np.testing.assert_allclose(lines[f"run {run_id}"].get_xdata(), rows["step"])
+      np.testing.assert_allclose(lines[f"run {run_id}"].get_ydata(), rows[metric])
+    table = dynamics.learning_curves(traj, metric)
+    for depth in (1, 2, 3):
+      expected = analysis.select(table, depth=depth)
+      median = lines[f"median depth {depth}"]
+      np.testing.assert_allclose(median.get_xdata(), expected["step"])
+      np.testing.assert_allclose(median.get_ydata(), expected["median"])
+      assert median.get_label() == f"depth {depth} (2 runs)"
+      # The budget run (seed 1) ends at step 30 with a hollow marker.
+      budget = lines[f"budget depth {depth}"]
+      run = traj[(traj.depth == depth) & (traj.seed == 1)]
+      np.testing.assert_allclose(budget.get_xydata(),
+                                 [[30, run[metric].iloc[-1]]])
+    assert "(3 budget)" in ax.get_title()
+
+
+def test_learning_curves_table_holds_stopped_runs():
+  traj = pd.DataFrame({
+      "run_id": ["a"] * 3 + ["b"] * 2, "depth": [2] * 5,
+      "step": [0, 10, 20, 0, 15], "train_loss": [4.0, 2.0, 1.0, 8.0, np.inf]})
+  table = dynamics.learning_curves(traj, "train_loss")
+  assert table["step"].tolist() == [0, 10, 15, 20]
+  # b holds 8 at step 10, has no finite value from 15 on (inf -> NaN).
+  np.testing.assert_allclose(table["median"], [6.0, 5.0, 2.0, 1.0])
+  np.testing.assert_allclose(table["max"], [8.0, 8.0, 2.0, 1.0])
+  assert table["count"].tolist() == [2, 2, 1, 1]
+  assert table["running"].tolist() == [2, 2, 2, 1]
 
 
 def test_singular_value_trajectories(dataset):
@@ -178,9 +311,10 @@ def test_singular_value_trajectories(dataset):
   assert [ax.get_title() for ax in fig.axes] == ["depth 1", "depth 2", "depth 3"]
   for ax, depth in zip(fig.axes, (1, 2, 3)):
     run_id = analysis.select(runs, sweep="dynamics", depth=depth)["run_id"][0]
-    expected = analysis.singular_value_table(traj[traj["run_id"] == run_id], top=3)
-    lines = _by_label(ax.lines)
+    expected = dynamics.singular_value_table(traj[traj["run_id"] == run_id], top=3)
+    lines = _by_gid(ax)
     assert set(lines) == {"sigma_1", "sigma_2", "sigma_3"}
+    assert lines["sigma_2"].get_label() == r"$\sigma_{2}$"
     for index in (1, 2, 3):
       rows = expected[expected["index"] == index]
       np.testing.assert_allclose(lines[f"sigma_{index}"].get_xdata(), rows["step"])
@@ -197,14 +331,15 @@ def test_singular_value_trajectories(dataset):
 def test_alignment(dataset):
   _, _, traj = dataset
   ax = plots.plot_alignment(traj, top=2)
-  run_id = traj[traj["depth"] == 2]["run_id"].iloc[0]
-  table = analysis.alignment_table(traj[traj["run_id"] == run_id], top=2)
+  run_id = traj[(traj["depth"] == 2) & (traj["seed"] == 0)]["run_id"].iloc[0]
+  table = dynamics.alignment_table(traj[traj["run_id"] == run_id], top=2)
   lines = _by_label(ax.lines)
   assert set(lines) == {"diag 1", "diag 2", "off-diagonal (mean)"}
   np.testing.assert_allclose(lines["diag 2"].get_ydata(), table["diag_2"])
   np.testing.assert_allclose(lines["off-diagonal (mean)"].get_ydata(),
                              table["offdiag"])
   np.testing.assert_allclose(lines["diag 1"].get_xdata(), [0, 10, 20, 30, 40])
+  assert ax.get_ylabel().startswith("$")  # mathtext
 
 
 @pytest.mark.parametrize("y", ["rank", "depth"])
@@ -238,25 +373,33 @@ def test_write_report(dataset, tmp_path):
   assert path == tmp_path / "report" / "report.md"
   text = path.read_text()
   pngs = sorted(p.name for p in path.parent.glob("*.png"))
-  assert pngs == ["alignment_dynamics_completion.png", "fig1_toy_completion.png",
+  assert pngs == ["alignment_dynamics_completion.png",
+                  "depth_dynamics_completion.png", "fig1_toy_completion.png",
                   "fig2_toy_completion.png", "fig3_dynamics_completion.png",
+                  "learning_dynamics_completion.png",
                   "phase_toy_completion_depth.png",
                   "phase_toy_completion_rank_depth_2.png",
-                  "phase_toy_completion_rank_depth_3.png"]
+                  "phase_toy_completion_rank_depth_3.png",
+                  "recovery_toy_completion.png"]
   for name in pngs:
     assert f"]({name})" in text
     assert (path.parent / name).stat().st_size > 5000
   for heading in ("## Summary by depth", "### completion, sweep toy",
-                  "## Figure 1", "## Figure 2", "## Reference levels",
-                  "## Figure 3", "### Alignment", "## Phase diagram"):
+                  "## Reconstruction error vs depth", "## Figure 1",
+                  "### Recovery vs observations", "## Figure 2",
+                  "## Reference levels", "## Learning curves", "## Figure 3",
+                  "### Alignment", "## Phase diagram"):
     assert heading in text, heading
   assert "Theory checks" not in text
   # Figure 1 fixes the settings the toy sweep varies besides n_obs and depth.
   assert "rank = 2, init_scale = 0.001, lr = 0.0003" in text
-  # The table under figure 1 is the aggregate the figure draws.
+  # The table under figure 1 is the aggregate the figure draws, with outcomes.
   fixed = analysis.select(runs, sweep="toy", rank=2, init_scale=[1e-3, None],
                           lr=[3e-4, None])
-  table = analysis.error_vs_observations(fixed, by=("method", "depth"))
+  table = analysis.curve_with_status(fixed, "n_obs", "reconstruction_error",
+                                     by=("method", "depth"))
+  assert list(table.columns[-4:]) == ["runs", "converged", "budget", "diverged"]
+  assert table["diverged"].sum() == 1 and table["budget"].sum() == 6
   section = text.split("## Figure 1")[1].split("## Figure 2")[0]
   assert report.markdown_table(table) in section
 
@@ -295,4 +438,5 @@ def test_report_command_line(dataset, tmp_path):
   assert done.returncode == 0, done.stderr
   text = (tmp_path / "cli" / "report.md").read_text()
   assert "## Figure 1" in text
-  assert len(list((tmp_path / "cli").glob("*.png"))) == 7
+  assert len(list((tmp_path / "cli").glob("*.png"))) == 10
+  assert (tmp_path / "cli" / "report.html").exists()

@@ -16,7 +16,7 @@ $(VENV)/.installed-%: pyproject.toml
 	touch $@
 
 demo: $(VENV)/.installed-plot
-	$(PY) -m dmfjax.sweep --spec experiments/quickstart.py --out $(OUT) --report
+	$(VENV)/bin/dmfjax sweep --spec quickstart --out $(OUT) --report
 
 test: $(VENV)/.installed-dev
 	$(PY) -m pytest -q tests

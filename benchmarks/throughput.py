@@ -9,7 +9,7 @@ In one process, for each (depth, n, batch):
   (K = ``--workers``, default: the number of cores), each advancing its
   share at the same time, cut into cache-sized batches -- what
   ``dmfjax.sweep`` does on a CPU (the planner cuts a group into >= K batches
-  of at most ``sweep.cpu_batch_cap`` runs, ``dmfjax.workers`` runs them).
+  of at most ``planner.cpu_batch_cap`` runs, ``dmfjax.workers`` runs them).
   Its rate is the run-steps of all workers over the common wall-clock window.
 * the practical limit: large square fp32 GEMM GFLOP/s at full precision
   (XLA's multi-threaded GEMM, the whole machine);
@@ -98,10 +98,10 @@ def _prepared(depth, n, batch, seconds, steps=None):
 
 def _cpu_batches(depth, n, runs) -> list[int]:
   """Batch sizes the sweep planner gives ``runs`` runs of one worker on a CPU."""
-  from dmfjax import sweep
+  from dmfjax import planner
   run = dict(method="dmf", problem="completion", dtype="float32", n_rows=n, n_cols=n,
              n_obs=n * n // 5, width=n, depth=depth, optimizer="group_rmsprop")
-  cap = sweep.cpu_batch_cap(sweep.bytes_per_run(run))
+  cap = planner.cpu_batch_cap(planner.bytes_per_run(run))
   return [min(cap, runs - i) for i in range(0, runs, cap)]
 
 
@@ -121,7 +121,7 @@ def _worker_share(index, barrier, results, configs, seconds, repeats):
   """One worker process: for each config, its share of the batch, in step.
 
   The share is cut into the batches the sweep planner would make on a CPU
-  (at most ``sweep.cpu_batch_cap`` runs each), advanced one after another.
+  (at most ``planner.cpu_batch_cap`` runs each), advanced one after another.
   """
   from dmfjax import workers
   workers.pin_to_core(index)  # as dmfjax.workers does, before JAX starts

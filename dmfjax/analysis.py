@@ -38,17 +38,13 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from dmfjax import results
+from dmfjax import fields, results
 
 SCHEMA_VERSION = results.SCHEMA_VERSION
 
 # Columns that describe *what* was run (as opposed to what was measured).
-CONFIG_COLUMNS = (
-    "sweep", "method", "problem", "n_rows", "n_cols", "rank", "n_obs",
-    "symmetric", "depth", "width", "init", "init_scale", "optimizer", "lr",
-    "max_steps", "stop_loss", "log_every", "dtype",
-)
-SEED_COLUMNS = ("seed", "problem_seed")
+CONFIG_COLUMNS = fields.CONFIG_COLUMNS
+SEED_COLUMNS = fields.SEED_COLUMNS
 STATUSES = ("converged", "budget", "diverged")
 STAT_COLUMNS = ("mean", "std", "median", "min", "max", "count")
 
@@ -367,49 +363,6 @@ def baseline_levels(runs: pd.DataFrame,
   return pd.DataFrame(rows)
 
 
-# --------------------------------------------------------------------------
-# Trajectories.
-
-def singular_value_table(trajectories: pd.DataFrame, top: int = 10
-                         ) -> pd.DataFrame:
-  """Top singular values over steps, long format.
-
-  Returns:
-    Columns run_id, step, index (1 = largest), singular_value; index <= top.
-  """
-  rows = []
-  for run_id, step, values in zip(trajectories["run_id"], trajectories["step"],
-                                  trajectories["singular_values"]):
-    if values is None:
-      continue
-    values = np.asarray(values, dtype=float)[:top]
-    for i, v in enumerate(values):
-      rows.append((run_id, int(step), i + 1, float(v)))
-  return pd.DataFrame(rows, columns=["run_id", "step", "index", "singular_value"])
-
-
-def alignment_table(trajectories: pd.DataFrame, top: int = 10) -> pd.DataFrame:
-  """Diagonal vs off-diagonal magnitudes of U^T grad l(W) V over steps.
-
-  Returns:
-    Columns run_id, step, diag_1..diag_k (|(U^T grad V)_rr| for the top r,
-    k = min(top, logged)), diag_mean and offdiag (mean |(U^T grad V)_rs|, r != s);
-    steps without alignment data are dropped.
-  """
-  traj = trajectories[trajectories["alignment_diag"].notna()]
-  rows = []
-  for run_id, step, diag, off in zip(traj["run_id"], traj["step"],
-                                     traj["alignment_diag"],
-                                     traj["alignment_offdiag"]):
-    diag = np.asarray(diag, dtype=float)[:top]
-    row = {"run_id": run_id, "step": int(step)}
-    row.update({f"diag_{i + 1}": v for i, v in enumerate(diag)})
-    row["diag_mean"] = float(diag.mean()) if diag.size else np.nan
-    row["offdiag"] = float(off) if off is not None else np.nan
-    rows.append(row)
-  return pd.DataFrame(rows)
-
-
 def representative_runs(runs: pd.DataFrame, by: Sequence[str] = ("depth",),
                         order: Sequence[str] = ("init_scale", "seed",
                                                 "problem_seed", "run_id")
@@ -423,3 +376,31 @@ def representative_runs(runs: pd.DataFrame, by: Sequence[str] = ("depth",),
   ordered = runs.sort_values(order, kind="stable", na_position="last")
   return (ordered.groupby(list(by), dropna=False, sort=True).head(1)
           .sort_values(list(by), kind="stable").reset_index(drop=True))
+
+
+
+# --------------------------------------------------------------------------
+# Outcomes per point.
+
+def curve_with_status(runs: pd.DataFrame, x: str, metric: str,
+                      by: Sequence[str] = (), **filters) -> pd.DataFrame:
+  """:func:`curve` plus, per point, the number of runs and their outcomes.
+
+  Returns:
+    Columns ``*by, x, mean, std, median, min, max, count, runs, converged,
+    budget, diverged``: ``count`` counts the runs with a non-NaN metric (the
+    statistics' sample), ``runs`` all runs of the point.
+  """
+  if filters:
+    runs = select(runs, **filters)
+  by = [by] if isinstance(by, str) else list(by)
+  table = curve(runs, x, metric, by=by)
+  values = runs[[*by, x]].copy()
+  for status in STATUSES:
+    values[status] = (runs["status"] == status).to_numpy().astype(int)
+  grouped = _group_keys(values, [*by, x])
+  counts = grouped[list(STATUSES)].sum().reset_index(drop=True)
+  table["runs"] = grouped.size().to_numpy() if len(runs) else []
+  for status in STATUSES:
+    table[status] = counts[status].to_numpy() if len(runs) else []
+  return table

@@ -62,14 +62,15 @@ member stops; finished members are frozen).
 
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from dmfjax import pytree
-from dmfjax.numerics import matmul
+from dmfjax import pytree, train
+from dmfjax.numerics import full_precision, matmul
 from dmfjax.problems import CompletionProblem, Problem, SensingProblem
 
 RELAXATION = 1.6        # over-relaxation alpha in (0, 2)
@@ -225,3 +226,31 @@ def solve(problem: Problem, tol: float = 1e-6, max_iters: int = 5000,
       w=z, iterations=it, constraint_residual=problem.constraint_residual(z),
       optimality_gap=gap, nuclear_norm=norm, dual_objective=dual_objective,
       converged=(r <= eps_pri) & (s <= eps_dual))
+
+
+# ---------------------------------------------------------------------------
+# Batched, jitted entry point (one compile per RunConfig and batch shape).
+
+
+@functools.lru_cache(maxsize=None)
+def batched(cfg, shared_problem: bool = False):
+  """Jitted, vmapped: hyperparameters (problem seeds) -> (result, summary).
+
+  ``cfg`` is a ``train.RunConfig`` of a nuclear_norm run (its ``nn_tol`` and
+  ``nn_max_iters`` are the solver's); each run solves the synthetic problem
+  of its ``problem_seed``, or with ``shared_problem`` the problem passed as
+  the second argument. The summary is ``train.summarize`` of the solution
+  (status RUNNING: the caller names it from ``result.converged``).
+  """
+  def one(hp, problem=None):
+    if problem is None:
+      problem = train.make_problem(cfg, hp)
+    res = solve(problem, tol=float(cfg.nn_tol), max_iters=int(cfg.nn_max_iters))
+    return res, train.summarize(problem, res.w, res.iterations,
+                                jnp.asarray(train.RUNNING, jnp.int32))
+
+  def traced(*args):
+    with full_precision():
+      return jax.vmap(one, in_axes=(0, None) if shared_problem else (0,))(*args)
+  traced.__name__ = traced.__qualname__ = "nuclear_norm_solve"
+  return jax.jit(traced)

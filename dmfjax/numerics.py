@@ -8,9 +8,12 @@ through :func:`matmul`, which pins ``lax.Precision.HIGHEST`` (full float32, or
 full float64 when x64 is on), and the drivers additionally trace under
 ``jax.default_matmul_precision("highest")``.
 
-float32 is the default; float64 is available for verification through
-:func:`enable_float64` (it flips ``jax_enable_x64`` globally, so call it before
-building any arrays).
+float32 is the default; float64 is for verification. Whether 64-bit arrays
+exist is decided in one place: a batch of runs is built, traced and executed
+inside :func:`scope` of its dtype (a static run field, so every run of a
+compiled group has the same), which turns ``jax_enable_x64`` on for float64
+batches and off for float32 ones, and pins full matmul precision. Nothing else
+in dmfjax switches x64.
 """
 
 from __future__ import annotations
@@ -30,22 +33,23 @@ def matmul(a: jax.Array, b: jax.Array) -> jax.Array:
   return jnp.matmul(a, b, precision=PRECISION)
 
 
-def enable_float64() -> None:
-  """Turns on 64-bit arrays in JAX (process-wide)."""
-  jax.config.update("jax_enable_x64", True)
-
-
-def float64_enabled() -> bool:
-  return bool(jax.config.jax_enable_x64)
-
-
 def resolve_dtype(name: str) -> jnp.dtype:
-  """Maps a dtype name to a JAX dtype, enabling x64 if float64 is asked for."""
+  """Maps a dtype name to a JAX dtype (no side effect: see :func:`scope`)."""
   if name not in DTYPES:
     raise ValueError(f"dtype: unknown value {name!r}; allowed: {DTYPES}")
-  if name == "float64" and not float64_enabled():
-    enable_float64()
   return jnp.dtype(name)
+
+
+@contextlib.contextmanager
+def scope(dtype: str):
+  """Context for building, tracing and running arrays of dtype ``dtype``.
+
+  x64 is on inside iff ``dtype`` is 'float64', and traced matmuls default to
+  full precision (:func:`full_precision`).
+  """
+  resolve_dtype(dtype)
+  with jax.enable_x64(dtype == "float64"), full_precision():
+    yield
 
 
 @contextlib.contextmanager

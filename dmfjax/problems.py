@@ -34,6 +34,7 @@ from dmfjax import pytree
 from dmfjax.numerics import matmul
 
 PROBLEM_KINDS = ("completion", "sensing", "ratings")
+DRAW_DTYPE = jnp.float32  # random problems are drawn in this dtype, then cast
 
 
 @pytree.dataclass
@@ -144,18 +145,29 @@ def completion(key: jax.Array, w_star: jax.Array, count: int) -> CompletionProbl
 
 
 def sensing(key: jax.Array, w_star: jax.Array, count: int) -> SensingProblem:
-  """Sensing problem with ``count`` Gaussian measurements, A_i ~ N(0, 1/n^2)."""
+  """Sensing problem with ``count`` Gaussian measurements, A_i ~ N(0, 1/n^2).
+
+  A is drawn in :data:`DRAW_DTYPE` and cast to W*'s dtype, so one key gives
+  the same measurement matrices in float32 and float64.
+  """
   n, m = w_star.shape
-  a = jax.random.normal(key, (count, n, m), w_star.dtype) / n
+  a = (jax.random.normal(key, (count, n, m), DRAW_DTYPE) / n).astype(w_star.dtype)
   y = matmul(a.reshape(count, -1), w_star.reshape(-1))
   return SensingProblem(a=a, y=y, w_star=w_star)
 
 
 def synthetic(key: jax.Array, kind: str, n: int, m: int, rank: int, count: int,
               symmetric: bool = False, dtype=jnp.float32) -> Problem:
-  """The paper's synthetic problem of the given ``kind`` from one key."""
+  """The paper's synthetic problem of the given ``kind`` from one key.
+
+  Every method and dtype of one key sees the identical problem: W* and the
+  sensing matrices are drawn and computed in :data:`DRAW_DTYPE` (float32),
+  then cast to ``dtype`` (exactly, for float64); the completion mask does
+  not depend on the dtype. (``jax.random.normal`` draws other numbers in
+  float64 than in float32 from the same key.)
+  """
   k_truth, k_obs = jax.random.split(key)
-  w_star = ground_truth(k_truth, n, m, rank, symmetric, dtype)
+  w_star = ground_truth(k_truth, n, m, rank, symmetric, DRAW_DTYPE).astype(dtype)
   if kind == "completion":
     return completion(k_obs, w_star, count)
   if kind == "sensing":

@@ -10,7 +10,12 @@ import jax
 
 
 def dataclass(cls):
-  """``@dataclasses.dataclass(frozen=True)``, registered with all fields as data."""
-  cls = dataclasses.dataclass(frozen=True)(cls)
+  """``@dataclasses.dataclass(frozen=True)``, registered with all fields as data.
+
+  A class that already is a frozen dataclass (``dataclasses.make_dataclass``)
+  is registered as it is.
+  """
+  if not dataclasses.is_dataclass(cls):
+    cls = dataclasses.dataclass(frozen=True)(cls)
   fields = [f.name for f in dataclasses.fields(cls)]
   return jax.tree_util.register_dataclass(cls, data_fields=fields, meta_fields=[])

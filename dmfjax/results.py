@@ -32,21 +32,20 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from dmfjax import fields
+
 SCHEMA_VERSION = 1
 RUNS, TRAJECTORIES = "runs", "trajectories"
 
 _f64, _i64, _str, _bool = pa.float64(), pa.int64(), pa.string(), pa.bool_()
 
-RUNS_SCHEMA = pa.schema([
-    ("run_id", _str), ("schema_version", _i64), ("sweep", _str),
-    ("method", _str), ("problem", _str), ("n_rows", _i64), ("n_cols", _i64),
-    ("rank", _i64), ("n_obs", _i64), ("symmetric", _bool),
-    ("problem_seed", _i64), ("data", _str), ("test_fraction", _f64),
-    ("depth", _i64), ("width", _i64), ("init", _str), ("init_scale", _f64),
-    ("optimizer", _str), ("lr", _f64), ("seed", _i64),
-    ("max_steps", _i64), ("stop_loss", _f64), ("divergence_factor", _f64),
-    ("log_every", _i64), ("top_k", _i64), ("alignment", _bool), ("dtype", _str),
-    ("nn_tol", _f64), ("nn_max_iters", _i64),
+_ARROW = {"int": _i64, "float": _f64, "bool": _bool, "str": _str}
+
+# Identity, then one column per run field (``dmfjax.fields``, in its order),
+# then what was measured.
+IDENTITY_COLUMNS = [("run_id", _str), ("schema_version", _i64), ("sweep", _str)]
+CONFIG_COLUMNS = [(f.name, _ARROW[f.type]) for f in fields.RUN_FIELDS]
+RESULT_COLUMNS = [
     ("status", _str), ("steps", _i64), ("diverged_step", _i64),
     ("train_loss", _f64), ("reconstruction_error", _f64), ("test_error", _f64),
     ("nuclear_norm", _f64), ("effective_rank", _f64),
@@ -54,7 +53,8 @@ RUNS_SCHEMA = pa.schema([
     ("singular_values", pa.list_(_f64)),
     ("solver_iterations", _i64), ("constraint_residual", _f64),
     ("optimality_gap", _f64), ("wall_seconds", _f64),
-])
+]
+RUNS_SCHEMA = pa.schema(IDENTITY_COLUMNS + CONFIG_COLUMNS + RESULT_COLUMNS)
 
 TRAJECTORIES_SCHEMA = pa.schema([
     ("run_id", _str), ("step", _i64), ("train_loss", _f64),

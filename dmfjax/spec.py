@@ -8,19 +8,21 @@ the spec itself). Example::
 
     SPEC = Spec(name="demo", depth=[2, 3], n_obs=[2000, 5000], seeds=3)
 
-Fields fall in two kinds (see ``train.RunConfig``): those that change shapes or
-code (problem, n_rows, n_cols, rank, n_obs, depth, width, init, optimizer,
-log_every, top_k, alignment, dtype) group runs into compiled batches; the rest
-(seed, problem_seed, init_scale, lr, stop_loss, max_steps, ...) are batched
-numbers.
+The fields, their defaults, types and meanings are declared once, in
+``dmfjax.fields``: static ones (shapes or code: problem, sizes, depth, init,
+optimizer, ...) group runs into compiled batches (``train.RunConfig``); dynamic
+ones (seed, problem_seed, init_scale, lr, stop_loss, max_steps, ...) are
+batched numbers (``train.Hyperparams``).
 
 Each run gets ``run_id``, a hash of its canonical config (every field that can
 change its result; fields that do not apply to its method are null), so the
 same run in two sweeps, shards or sessions has the same id.
 
-Validation happens here, before anything is compiled: a bad value raises
-:class:`SpecError` whose message starts with the field's name and says what is
-allowed.
+Validation happens here, before anything is compiled: a value of the wrong
+type (every value of every field, whether it applies or not) or out of range
+raises :class:`SpecError` whose message starts with the field's name and says
+what is allowed. ``--set`` overrides are parsed and typed by
+:func:`apply_overrides`.
 """
 
 from __future__ import annotations
@@ -34,9 +36,10 @@ import json
 import math
 import os
 import pathlib
-from typing import Any, Optional
+import traceback
+from typing import Any
 
-from dmfjax import models, optimizers
+from dmfjax import fields, models, optimizers
 from dmfjax.numerics import DTYPES
 from dmfjax.problems import PROBLEM_KINDS
 
@@ -47,92 +50,106 @@ class SpecError(ValueError):
   """An impossible or unknown config value; the message names the field."""
 
 
-@dataclasses.dataclass
-class Spec:
-  """A sweep: every field a value or a list of values (a grid axis)."""
-  name: str = "sweep"
-  method: Any = "dmf"                 # 'dmf' | 'nuclear_norm'
-  problem: Any = "completion"         # 'completion' | 'sensing' | 'ratings'
-  n_rows: Any = 100
-  n_cols: Any = 100
-  rank: Any = 5
-  n_obs: Any = 2000
-  symmetric: Any = False
-  depth: Any = 3
-  width: Any = None                   # hidden width; None -> min(n_rows, n_cols)
-  init: Any = "gaussian"
-  init_scale: Any = 1e-3
-  optimizer: Any = "group_rmsprop"
-  lr: Any = 1e-3
-  seeds: Any = 3                      # int N -> seeds 0..N-1, or a list
-  problem_seed: Any = None            # None -> the run's seed
-  max_steps: Any = 1_000_000
-  stop_loss: Any = 1e-6
-  divergence_factor: Any = 1e4        # diverged if loss > factor * initial loss
-  log_every: Any = 1000
-  top_k: Any = 10
-  alignment: Any = False
-  dtype: Any = "float32"
-  data: Any = None                    # ratings: path of a MovieLens u.data file
-  test_fraction: Any = 0.1            # ratings: held-out fraction
-  nn_tol: Any = 1e-6                  # nuclear_norm: solver tolerance
-  nn_max_iters: Any = 5000            # nuclear_norm: iteration cap
-  chunk_steps: int = 5000             # steps per compiled chunk (not a grid axis)
-  max_batch: int = 1024               # runs per compiled batch at most
-  variants: Optional[list] = None     # list of dicts of field overrides
+class _SpecMethods:
 
   def replace(self, **changes) -> "Spec":
     return dataclasses.replace(self, **changes)
 
 
-GRID_FIELDS = tuple(f.name for f in dataclasses.fields(Spec)
-                    if f.name not in ("name", "seeds", "chunk_steps", "max_batch",
-                                      "variants"))
-SPEC_FIELDS = tuple(f.name for f in dataclasses.fields(Spec))
+Spec = dataclasses.make_dataclass(
+    "Spec", [(f.name, Any, dataclasses.field(default=f.default)) for f in fields.SPEC_FIELDS],
+    bases=(_SpecMethods,), namespace={"__module__": __name__})
+Spec.__doc__ = ("""A sweep: every field a value or a list of values (a grid axis).
 
-# Fields that only apply to some methods / problems: null elsewhere.
-_DMF_ONLY = ("depth", "width", "init", "init_scale", "optimizer", "lr", "seed",
-             "max_steps", "stop_loss", "divergence_factor", "log_every", "top_k",
-             "alignment")
-_NN_ONLY = ("nn_tol", "nn_max_iters")
-_RATINGS_ONLY = ("data", "test_fraction")
+Fields (``dmfjax.fields``), with their defaults:
+
+""" + fields.help_text())
+
+GRID_FIELDS = fields.GRID_FIELDS
+SPEC_FIELDS = tuple(f.name for f in fields.SPEC_FIELDS)
 
 
 def load_spec(path) -> Spec:
-  """Imports a spec file and returns its ``SPEC``."""
+  """Imports a spec file and returns its ``SPEC``.
+
+  Any error inside the file (a syntax error, an unknown field, an exception)
+  is raised as a SpecError naming the file and line.
+  """
   path = pathlib.Path(path)
   if not path.is_file():
     raise SpecError(f"spec: file {str(path)!r} does not exist")
   module_spec = importlib.util.spec_from_file_location(f"_dmfjax_spec_{path.stem}", path)
   module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
+  try:
+    module_spec.loader.exec_module(module)
+  except SyntaxError as e:
+    raise SpecError(f"spec: {e.filename}, line {e.lineno}: {e.msg}") from None
+  except Exception as e:  # noqa: BLE001 -- any error in user code is a bad spec
+    line = next((frame.lineno for frame in reversed(traceback.extract_tb(e.__traceback__))
+                 if pathlib.Path(frame.filename).resolve() == path.resolve()), "?")
+    raise SpecError(f"spec: {path}, line {line}: {type(e).__name__}: {e}") from None
   spec = getattr(module, "SPEC", None)
   if not isinstance(spec, Spec):
     raise SpecError(f"spec: {str(path)!r} must define SPEC = dmfjax.spec.Spec(...)")
   return spec
 
 
-def _parse_value(text: str):
+_WORDS = {"none": None, "null": None, "true": True, "false": False}
+
+
+def parse_value(text: str):
+  """One ``--set`` value: None, a boolean, a number, a list, or a string.
+
+  ``none``/``null``, ``true``/``false`` (any case), Python literals
+  (``3``, ``1e-3``, ``'a b'``, ``[2, 3]``); anything else is a bare string.
+  A top-level comma makes a list (``depth=2,3`` is ``depth=[2,3]``).
+  """
   text = text.strip()
+  if not text:
+    return None
+  if text.lower() in _WORDS:
+    return _WORDS[text.lower()]
   try:
-    return ast.literal_eval(text)
+    value = ast.literal_eval(text)
   except (ValueError, SyntaxError):
+    if "," in text and not text.startswith(("[", "(")):
+      return [parse_value(t) for t in text.split(",")]
     return text
+  return list(value) if isinstance(value, tuple) else value
+
+
+def _typed_override(name: str, text: str):
+  """A ``--set`` value, converted to and checked against the field's type."""
+  field = fields.BY_NAME[name]
+  value = parse_value(text)
+  if field.type == "str" and isinstance(value, (int, float)) and not isinstance(value, bool):
+    value = text.strip()  # name=123 is the string '123'
+  if name == "seeds":
+    return value
+  for v in _as_list(value):
+    message = fields.type_error(name, v)
+    if message:
+      raise SpecError(f"{name}: {message} (from --set {name}={text})")
+  return value
 
 
 def apply_overrides(spec: Spec, overrides: list[str]) -> Spec:
-  """Applies ``field=value[,value...]`` strings (the CLI's ``--set``)."""
+  """Applies ``field=value`` strings (the CLI's ``--set``), typed and checked.
+
+  A list value (``depth=2,3`` or ``depth=[2,3]``) makes a grid axis;
+  ``seeds=5`` means seeds 0..4 and ``seeds=[5]`` (or ``seeds=5,6``) the
+  seeds themselves.
+  """
   changes = {}
   for item in overrides:
     if "=" not in item:
       raise SpecError(f"--set: expected field=value, got {item!r}")
-    field, text = item.split("=", 1)
-    field = field.strip()
-    if field not in SPEC_FIELDS or field == "variants":
-      raise SpecError(f"--set: unknown spec field {field!r}; known fields: "
+    name, text = item.split("=", 1)
+    name = name.strip()
+    if name not in SPEC_FIELDS or name == "variants":
+      raise SpecError(f"--set: unknown spec field {name!r}; known fields: "
                       f"{', '.join(f for f in SPEC_FIELDS if f != 'variants')}")
-    values = [_parse_value(t) for t in text.split(",")] if text.strip() else [None]
-    changes[field] = values[0] if len(values) == 1 else values
+    changes[name] = _typed_override(name, text)
   spec = spec.replace(**changes)
   if spec.variants:  # an override wins over the variants too
     spec = spec.replace(variants=[{k: v for k, v in var.items() if k not in changes}
@@ -144,16 +161,19 @@ def _as_list(value):
   return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
+SEED_LIMIT = 2**31  # seeds are int32 PRNG seeds
+
+
 def _seeds(value) -> list[int]:
-  if isinstance(value, bool):
-    raise SpecError(f"seeds: must be a count or a list of integers, got {value!r}")
-  if isinstance(value, int):
-    if value < 1:
-      raise SpecError(f"seeds: must be >= 1, got {value}")
+  """A count N (seeds 0..N-1) or a list of seeds, each in [0, 2**31)."""
+  if _is_int(value):
+    if not 1 <= value <= SEED_LIMIT:
+      raise SpecError(f"seeds: a count must be >= 1 and <= 2**31, got {value}")
     return list(range(value))
-  seeds = _as_list(value)
-  if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
-    raise SpecError(f"seeds: must be a count or a list of integers, got {value!r}")
+  seeds = _as_list(value) if isinstance(value, (list, tuple)) else []
+  if not seeds or not all(_is_int(s) and 0 <= s < SEED_LIMIT for s in seeds):
+    raise SpecError(f"seeds: must be a count or a non-empty list of integers in "
+                    f"[0, 2**31), got {value!r}")
   return seeds
 
 
@@ -179,6 +199,11 @@ def validate_run(run: dict) -> None:
     _fail("problem", f"unknown problem {run['problem']!r}; allowed: {PROBLEM_KINDS}", run)
   if run["dtype"] not in DTYPES:
     _fail("dtype", f"unknown dtype {run['dtype']!r}; allowed: {DTYPES}", run)
+  for name in fields.RUN_FIELD_NAMES:
+    if fields.applies_to(name, run["method"], run["problem"]):
+      message = fields.type_error(name, run[name])
+      if message:
+        _fail(name, message, run)
   n, m = run["n_rows"], run["n_cols"]
   for field in ("n_rows", "n_cols"):
     if not _is_int(run[field]) or run[field] < 1:
@@ -229,34 +254,32 @@ def validate_run(run: dict) -> None:
   if run["problem"] == "ratings":
     if not _is_num(run["test_fraction"]) or not 0 <= run["test_fraction"] < 1:
       _fail("test_fraction", f"must be in [0, 1), got {run['test_fraction']!r}", run)
-  if not _is_int(run["problem_seed"]) or run["problem_seed"] < 0:
-    _fail("problem_seed", f"must be an integer >= 0, got {run['problem_seed']!r}", run)
+  if not _is_int(run["problem_seed"]) or not 0 <= run["problem_seed"] < SEED_LIMIT:
+    _fail("problem_seed", f"must be an integer in [0, 2**31), got {run['problem_seed']!r}",
+          run)
 
 
 def canonical(run: dict) -> dict:
-  """Nulls the fields that do not apply to the run's method and problem."""
+  """Nulls the fields that do not apply to the run's method and problem.
+
+  Also: problem_seed None -> the run's seed; width None -> min(n_rows,
+  n_cols); nuclear_norm runs are float64 (ADMM cannot reach its tolerance in
+  float32); a ratings problem is not symmetric; float fields hold floats.
+  """
   run = dict(run)
   if run["problem_seed"] is None:
     run["problem_seed"] = run["seed"]
   if run["method"] == "nuclear_norm":
-    for f in _DMF_ONLY:
-      run[f] = None
-    run["dtype"] = "float64"  # ADMM cannot reach its tolerance in float32
-  else:
-    for f in _NN_ONLY:
-      run[f] = None
-    if run["width"] is None:
-      run["width"] = min(run["n_rows"], run["n_cols"])
+    run["dtype"] = "float64"
+  elif run["width"] is None:
+    run["width"] = min(run["n_rows"], run["n_cols"])
   if run["problem"] == "ratings":
-    run["rank"] = None
     run["symmetric"] = False
-  else:
-    for f in _RATINGS_ONLY:
-      run[f] = None
-  for f in ("init_scale", "lr", "stop_loss", "divergence_factor", "nn_tol",
-            "test_fraction"):
-    if _is_num(run.get(f)):
-      run[f] = float(run[f])
+  for name in fields.RUN_FIELD_NAMES:
+    if not fields.applies_to(name, run["method"], run["problem"]):
+      run[name] = None
+    elif fields.BY_NAME[name].type == "float" and _is_num(run[name]):
+      run[name] = float(run[name])
   return run
 
 
@@ -272,10 +295,15 @@ def expand(spec: Spec, ratings_info=None) -> list[dict]:
   ``ratings_info(path, test_fraction)`` returns (n_rows, n_cols, n_obs) of a
   ratings file; it is called for ratings runs (their sizes come from the data).
   """
-  for field in ("chunk_steps", "max_batch"):
-    value = getattr(spec, field)
+  for name in ("chunk_steps", "max_batch"):
+    value = getattr(spec, name)
     if not _is_int(value) or value < 1:
-      raise SpecError(f"{field}: must be an integer >= 1, got {value!r}")
+      raise SpecError(f"{name}: must be an integer >= 1, got {value!r}")
+  if not isinstance(spec.name, str) or not spec.name:
+    raise SpecError(f"name: must be a non-empty string, got {spec.name!r}")
+  if spec.variants is not None and not (
+      isinstance(spec.variants, list) and all(isinstance(v, dict) for v in spec.variants)):
+    raise SpecError(f"variants: must be None or a list of dicts, got {spec.variants!r}")
   base = {f: getattr(spec, f) for f in GRID_FIELDS}
   variants = spec.variants or [{}]
   runs, seen = [], set()
@@ -283,15 +311,20 @@ def expand(spec: Spec, ratings_info=None) -> list[dict]:
     unknown = set(variant) - set(GRID_FIELDS) - {"seeds"}
     if unknown:
       raise SpecError(f"variants: unknown spec field(s) {sorted(unknown)}")
-    fields = dict(base, **{k: v for k, v in variant.items() if k != "seeds"})
+    values = dict(base, **{k: v for k, v in variant.items() if k != "seeds"})
+    for name, value in values.items():  # every value, whether it applies or not
+      for v in _as_list(value):
+        message = fields.type_error(name, v)
+        if message:
+          raise SpecError(f"{name}: {message}")
     seeds = _seeds(variant.get("seeds", spec.seeds))
-    if "ratings" in _as_list(fields["problem"]) and fields["data"] is None:
+    if "ratings" in _as_list(values["problem"]) and values["data"] is None:
       if len(variants) > 1:
         continue  # a ratings variant without --data is skipped (see sweep.plan)
       raise SpecError("data: problem 'ratings' needs a MovieLens u.data path "
                       "(--data PATH or --set data=PATH)")
-    names = list(fields)
-    for combo in itertools.product(*(_as_list(fields[k]) for k in names)):
+    names = list(values)
+    for combo in itertools.product(*(_as_list(values[k]) for k in names)):
       for seed in seeds:
         run = dict(zip(names, combo), seed=seed)
         if run["problem"] == "ratings":

@@ -11,7 +11,8 @@ Written for a single run and batched with ``jax.vmap`` (PureJaxRL style):
 * :func:`run` is a whole run as one function (init, advance, finalize).
 
 Each step evaluates the loss l(W) and its gradient at the current factors and
-then decides, per run:
+then decides, per run, by one stopping rule (:func:`stop_status`, also used
+by :func:`finalize` for a run that used its whole budget):
 
 * ``diverged`` if the loss or the gradient is non-finite, the loss exceeds
   ``divergence_factor`` times its initial value, or the update would make a
@@ -37,8 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from dmfjax import metrics, models, optimizers, problems
-from dmfjax import pytree
+from dmfjax import fields, metrics, models, optimizers, problems, pytree
 from dmfjax.numerics import full_precision, resolve_dtype
 
 RUNNING, CONVERGED, BUDGET, DIVERGED = 0, 1, 2, 3
@@ -46,23 +46,7 @@ STATUS_NAMES = {RUNNING: "running", CONVERGED: "converged", BUDGET: "budget",
                 DIVERGED: "diverged"}
 
 
-@dataclasses.dataclass(frozen=True)
-class RunConfig:
-  """Static configuration: runs sharing it share one compiled program."""
-  problem: str = "completion"     # 'completion' | 'sensing' | 'ratings'
-  n_rows: int = 100
-  n_cols: int = 100
-  rank: int = 5
-  n_obs: int = 2000
-  symmetric: bool = False
-  depth: int = 3
-  width: Optional[int] = None     # hidden width; None -> min(n, m)
-  init: str = "gaussian"
-  optimizer: str = "group_rmsprop"
-  log_every: int = 100
-  top_k: int = 10                 # singular values kept per log record
-  alignment: bool = False         # log U^T grad V diagonal / off-diagonal
-  dtype: str = "float32"
+class _RunConfigMethods:
 
   @property
   def widths(self):
@@ -73,40 +57,79 @@ class RunConfig:
   def jnp_dtype(self):
     return resolve_dtype(self.dtype)
 
+  @classmethod
+  def from_run(cls, run: dict) -> "RunConfig":
+    """The static part of a run dict (``spec.expand``)."""
+    return cls(**{name: run[name] for name in fields.STATIC_FIELDS})
 
-@pytree.dataclass
-class Hyperparams:
-  """Dynamic per-run numbers (each a scalar array; batched along axis 0)."""
-  seed: Any
-  problem_seed: Any
-  init_scale: Any
-  lr: Any
-  stop_loss: Any
-  max_steps: Any
-  divergence_factor: Any
+
+RunConfig = dataclasses.make_dataclass(
+    "RunConfig", [(f.name, Any, f.default) for f in fields.RUN_FIELDS
+                  if f.role == fields.STATIC],
+    bases=(_RunConfigMethods,), frozen=True, namespace={"__module__": __name__})
+RunConfig.__doc__ = f"""Static configuration: runs sharing it share one compiled program.
+
+One attribute per static run field (``fields.STATIC_FIELDS``), with the spec's
+defaults: {", ".join(fields.STATIC_FIELDS)}.
+"""
+
+
+class _HyperparamsMethods:
 
   @classmethod
-  def make(cls, seed=0, problem_seed=0, init_scale=1e-3, lr=1e-3, stop_loss=1e-6,
-           max_steps=1_000_000, divergence_factor=1e4, dtype=jnp.float32):
-    """Hyperparams as arrays; pass 1-D sequences to build a batch."""
-    values = dict(seed=seed, problem_seed=problem_seed, init_scale=init_scale,
-                  lr=lr, stop_loss=stop_loss, max_steps=max_steps,
-                  divergence_factor=divergence_factor)
+  def make(cls, dtype=jnp.float32, **values) -> "Hyperparams":
+    """Hyperparams as arrays; pass 1-D sequences to build a batch.
+
+    Missing fields take the spec's defaults (``fields``); ``problem_seed``
+    defaults to ``seed``. Integer fields are int32, the others ``dtype``.
+    """
+    unknown = set(values) - set(fields.DYNAMIC_FIELDS)
+    if unknown:
+      raise TypeError(f"Hyperparams.make: unknown field(s) {sorted(unknown)}")
+    values = {name: values.get(name, fields.BY_NAME[name].default)
+              for name in fields.DYNAMIC_FIELDS}
+    if values["problem_seed"] is None:
+      values["problem_seed"] = values["seed"]
     shape = np.broadcast_shapes(*(np.shape(v) for v in values.values()))
-    ints = ("seed", "problem_seed", "max_steps")
-    return cls(**{k: jnp.broadcast_to(jnp.asarray(v, jnp.int32 if k in ints else dtype),
-                                      shape) for k, v in values.items()})
+    return cls(**{k: jnp.broadcast_to(
+        jnp.asarray(v, jnp.int32 if fields.BY_NAME[k].type == "int" else dtype), shape)
+                  for k, v in values.items()})
+
+
+Hyperparams = pytree.dataclass(dataclasses.make_dataclass(
+    "Hyperparams", [(name, Any) for name in fields.DYNAMIC_FIELDS],
+    bases=(_HyperparamsMethods,), frozen=True, namespace={"__module__": __name__}))
+Hyperparams.__doc__ = f"""Dynamic per-run numbers, each a scalar array (batched along axis 0).
+
+One attribute per dynamic run field (``fields.DYNAMIC_FIELDS``):
+{", ".join(fields.DYNAMIC_FIELDS)}.
+"""
 
 
 @pytree.dataclass
 class RunState:
+  """The state of one run (under ``batched``, every leaf gains a leading run axis B).
+
+  Attributes:
+    factors: (W_1, ..., W_N), W_j of shape (d_j, d_{j-1}) (``models``).
+    opt_state: the optimizer's state (a pytree of arrays).
+    problem: the run's problem (``problems``); shared-problem batches hold
+      one problem without the run axis.
+    hp: the run's ``Hyperparams`` (scalars).
+    step: () int32, updates applied so far.
+    status: () int32, RUNNING / CONVERGED / BUDGET / DIVERGED
+      (:func:`stop_status`); once not RUNNING the run is frozen.
+    loss: () train loss l(W) at the current factors (last evaluated; for a
+      stopped run, at its final factors).
+    initial_loss: () l(W(0)), the reference for divergence.
+  """
   factors: tuple
   opt_state: Any
   problem: Any
-  hp: Hyperparams
-  step: jax.Array          # updates applied so far
-  status: jax.Array        # RUNNING / CONVERGED / BUDGET / DIVERGED
-  loss: jax.Array          # train loss at the current factors (last evaluated)
+  hp: Any
+  step: jax.Array
+  status: jax.Array
+  loss: jax.Array
   initial_loss: jax.Array
 
 
@@ -185,21 +208,36 @@ def _all_finite(tree) -> jax.Array:
   return jnp.isfinite(sum(jnp.sum(x) for x in jax.tree_util.tree_leaves(tree)))
 
 
+def stop_status(hp, loss: jax.Array, initial_loss: jax.Array, step: jax.Array,
+                finite: jax.Array = True) -> jax.Array:
+  """The stopping rule, evaluated at an iterate with train loss ``loss``.
+
+  In order: DIVERGED if ``loss`` is not finite, exceeds
+  ``hp.divergence_factor * initial_loss``, or the iterate is not ``finite``;
+  else CONVERGED if ``loss <= hp.stop_loss``; else BUDGET if ``step`` (the
+  updates applied) has reached ``hp.max_steps``; else RUNNING.
+  """
+  diverged = (~jnp.isfinite(loss) | (loss > hp.divergence_factor * initial_loss)
+              | ~jnp.asarray(finite))
+  return jnp.where(diverged, DIVERGED,
+                   jnp.where(loss <= hp.stop_loss, CONVERGED,
+                             jnp.where(step >= hp.max_steps, BUDGET, RUNNING)))
+
+
 def step(cfg: RunConfig, state: RunState) -> RunState:
-  """One gradient step with the stopping rules of the module docstring."""
+  """One gradient step under the stopping rule (:func:`stop_status`).
+
+  The rule is evaluated at the current factors (their loss, and whether the
+  update they would take stays finite); a run that is not RUNNING afterwards
+  keeps its factors and optimizer state (selected, not recomputed).
+  """
   hp = state.hp
   loss, grads = jax.value_and_grad(functools.partial(_loss, state.problem))(state.factors)
   updates, opt_state = _optimizer(cfg, hp).update(grads, state.opt_state, state.factors)
   new_factors = optax.apply_updates(state.factors, updates)
 
   running = state.status == RUNNING
-  diverged = (~jnp.isfinite(loss) | (loss > hp.divergence_factor * state.initial_loss)
-              | ~_all_finite(new_factors))
-  converged = loss <= hp.stop_loss
-  exhausted = state.step >= hp.max_steps
-  status = jnp.where(diverged, DIVERGED,
-                     jnp.where(converged, CONVERGED,
-                               jnp.where(exhausted, BUDGET, RUNNING)))
+  status = stop_status(hp, loss, state.initial_loss, state.step, _all_finite(new_factors))
   status = jnp.where(running, status, state.status).astype(jnp.int32)
   apply = status == RUNNING
   keep = lambda new, old: jax.tree_util.tree_map(
@@ -255,13 +293,11 @@ def final_status(state: RunState, loss: jax.Array) -> jax.Array:
   """The status of a run, resolving one that used its whole budget.
 
   A run that applied ``max_steps`` updates has not yet evaluated the stopping
-  rules at its last iterate; with that iterate's ``loss`` they are applied
-  here (diverged, else converged, else budget).
+  rule at its last iterate (whose finiteness :func:`step` checked); with that
+  iterate's ``loss`` it is applied here.
   """
-  hp = state.hp
-  resolved = jnp.where(~jnp.isfinite(loss) | (loss > hp.divergence_factor * state.initial_loss),
-                       DIVERGED, jnp.where(loss <= hp.stop_loss, CONVERGED, BUDGET))
-  exhausted = (state.status == RUNNING) & (state.step >= hp.max_steps)
+  exhausted = (state.status == RUNNING) & (state.step >= state.hp.max_steps)
+  resolved = stop_status(state.hp, loss, state.initial_loss, state.step)
   return jnp.where(exhausted, resolved, state.status).astype(jnp.int32)
 
 

@@ -103,3 +103,17 @@ def test_metrics_vmap():
     s = np.linalg.svd(ws[i].astype(np.float64), compute_uv=False)
     p = s / s.sum()
     np.testing.assert_allclose(er[i], np.exp(-np.sum(p * np.log(p))), rtol=1e-5)
+
+
+def test_resolve_dtype_has_no_side_effect_and_scope_decides_x64():
+  from dmfjax import numerics
+  assert not jax.config.jax_enable_x64
+  assert numerics.resolve_dtype("float64") == np.float64
+  assert not jax.config.jax_enable_x64
+  with numerics.scope("float64"):
+    assert jnp.zeros(2, jnp.float64).dtype == jnp.float64
+  assert not jax.config.jax_enable_x64
+  with jax.enable_x64(True), numerics.scope("float32"):
+    assert jnp.asarray(1.5).dtype == jnp.float32
+  with pytest.raises(ValueError, match="dtype"):
+    numerics.resolve_dtype("float16")

@@ -54,8 +54,8 @@ def test_group_rmsprop_matches_numpy_reference_float64(lr, x64):
   jtargets = {k: jnp.asarray(x) for k, x in targets.items()}
   got, state = _optax_loop(optimizers.make("group_rmsprop", lr), jparams,
                            jtargets, weights, 50)
-  assert int(state.count) == 50
-  np.testing.assert_allclose(state.v, v, rtol=1e-12)
+  assert int(state[0].count) == 50
+  np.testing.assert_allclose(state[0].v, v, rtol=1e-12)
   for k in SHAPES:
     assert got[k].dtype == jnp.float64
     np.testing.assert_allclose(got[k], expected[k], rtol=1e-11, atol=1e-13)
@@ -81,10 +81,10 @@ def test_group_rmsprop_float32_jitted_with_traced_lr():
     return jax.lax.fori_loop(0, 50, body, (p32, opt.init(p32)))
 
   got, state = run(jnp.asarray(lrs, jnp.float32))
-  assert state.v.dtype == jnp.float32 and got["a"].dtype == jnp.float32
+  assert state[0].v.dtype == jnp.float32 and got["a"].dtype == jnp.float32
   for i, lr in enumerate(lrs):
     expected, v, _ = _numpy_group_rmsprop(params, targets, weights, lr, 50)
-    np.testing.assert_allclose(state.v[i], v, rtol=1e-4)
+    np.testing.assert_allclose(state[0].v[i], v, rtol=1e-4)
     for k in SHAPES:
       np.testing.assert_allclose(got[k][i], expected[k], rtol=1e-4, atol=1e-5)
 

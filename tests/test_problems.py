@@ -118,3 +118,24 @@ def test_sensing_measurements():
 def test_unknown_kind_is_rejected():
   with pytest.raises(ValueError, match="unknown synthetic kind 'ratings'"):
     problems.synthetic(jax.random.PRNGKey(0), "ratings", 4, 4, 1, 5)
+
+
+@pytest.mark.parametrize("kind", ["completion", "sensing"])
+def test_every_dtype_and_method_sees_the_identical_problem(kind):
+  """float32 (dmf) and float64 (verification, nuclear norm) runs of one problem_seed."""
+  from dmfjax import numerics, train
+  cfg32 = train.RunConfig(problem=kind, n_rows=8, n_cols=6, rank=2, n_obs=20)
+  cfg64 = train.RunConfig(problem=kind, n_rows=8, n_cols=6, rank=2, n_obs=20,
+                          method="nuclear_norm", dtype="float64")
+  p32 = train.make_problem(cfg32, train.Hyperparams.make(problem_seed=3))
+  with numerics.scope("float64"):
+    p64 = jax.device_get(train.make_problem(
+        cfg64, train.Hyperparams.make(problem_seed=3, dtype=np.float64)))
+  assert p64.w_star.dtype == np.float64
+  np.testing.assert_array_equal(p64.w_star, np.asarray(p32.w_star, np.float64))
+  if kind == "completion":
+    np.testing.assert_array_equal(p64.mask, np.asarray(p32.mask, np.float64))
+    np.testing.assert_array_equal(p64.target, np.asarray(p32.target, np.float64))
+  else:
+    np.testing.assert_array_equal(p64.a, np.asarray(p32.a, np.float64))
+    np.testing.assert_allclose(p64.y, np.asarray(p32.y, np.float64), rtol=1e-5)

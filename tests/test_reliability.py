@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from dmfjax import results, spec as spec_lib, sweep, train
+from dmfjax import planner, results, spec as spec_lib, sweep, train
 from sweep_helpers import (ROOT, TINY_SPEC, assert_same_results, cli_env, run_cli,
                            runs_table, sweep_cmd, trajectories_table, write_spec)
 
@@ -64,7 +64,7 @@ def test_bad_ratings_file_is_reported_before_compiling(tmp_path, content, messag
     path.write_text(content)
   spec = spec_lib.Spec(problem="ratings", data=str(path), seeds=1, depth=2)
   with pytest.raises(ValueError, match=message):
-    sweep.plan(spec, None)
+    planner.plan(spec, None)
 
 
 def test_unwritable_output_directory(tmp_path, finished):
@@ -220,24 +220,24 @@ def test_result_does_not_depend_on_batch_mates():
 def test_planner_splits_batches_to_fit_memory(tmp_path, finished):
   spec = spec_lib.load_spec(finished[0])
   one = dict(num_devices=1, workers=1)
-  roomy = sweep.plan(spec, None, memory_budget=2**30, **one)
+  roomy = planner.plan(spec, None, memory_budget=2**30, **one)
   per_run = max(g.per_run_bytes for g in roomy.groups)
-  tight = sweep.plan(spec, None, memory_budget=2 * per_run, **one)
+  tight = planner.plan(spec, None, memory_budget=2 * per_run, **one)
   assert all(g.batch_size == 6 for g in roomy.groups)
   for g in tight.groups:
     assert g.batch_size == min(6, 2 * per_run // g.per_run_bytes) < 6
     assert g.batch_size * g.per_run_bytes <= 2 * per_run
-  text = sweep.describe(tight, spec)
+  text = planner.describe(tight, spec)
   assert "3 batch(es)" in text and "MiB per batch" in text
   with pytest.raises(spec_lib.SpecError, match="^memory: one run"):
-    sweep.plan(spec, None, memory_budget=per_run // 2, **one)
+    planner.plan(spec, None, memory_budget=per_run // 2, **one)
   # Worker processes share the budget: 2 batches in flight, each within half.
-  shared = sweep.plan(spec, None, memory_budget=4 * per_run, num_devices=1,
+  shared = planner.plan(spec, None, memory_budget=4 * per_run, num_devices=1,
                       workers=2)
   for g in shared.groups:
     assert g.batch_size * g.per_run_bytes <= 2 * per_run
   with pytest.raises(spec_lib.SpecError, match="^memory: one run"):
-    sweep.plan(spec, None, memory_budget=per_run, num_devices=1, workers=2)
+    planner.plan(spec, None, memory_budget=per_run, num_devices=1, workers=2)
   # A split sweep gives the same results.
   sweep.run_sweep(spec, tmp_path / "out", memory_budget=2 * per_run, stream=io.StringIO(),
                   workers=1)
@@ -248,14 +248,14 @@ def test_planner_splits_batches_to_fit_memory(tmp_path, finished):
 def test_bad_worker_count_is_rejected(value):
   spec = spec_lib.Spec(**{k: v for k, v in TINY_SPEC.items()})
   with pytest.raises(spec_lib.SpecError, match="^workers: must be an integer"):
-    sweep.plan(spec, None, workers=value)
+    planner.plan(spec, None, workers=value)
 
 
 def test_cpu_batches_hold_a_cache_sized_working_set():
   spec = spec_lib.load_spec(ROOT / "experiments" / "quickstart.py")
   spec = spec_lib.apply_overrides(spec, ["method=dmf", "depth=3", "seeds=100"])
-  p = sweep.plan(spec, None, num_devices=1, workers=1)
+  p = planner.plan(spec, None, num_devices=1, workers=1)
   (g,) = p.groups
-  assert g.batch_size == sweep.cpu_batch_cap(g.per_run_bytes) < 100
-  assert g.batch_size * g.per_run_bytes <= sweep.CPU_BATCH_BYTES
-  assert f"{-(-100 // g.batch_size)} batch(es)" in sweep.describe(p, spec)
+  assert g.batch_size == planner.cpu_batch_cap(g.per_run_bytes) < 100
+  assert g.batch_size * g.per_run_bytes <= planner.CPU_BATCH_BYTES
+  assert f"{-(-100 // g.batch_size)} batch(es)" in planner.describe(p, spec)

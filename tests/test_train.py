@@ -278,3 +278,76 @@ def test_hyperparams_make_broadcasts_and_types():
   assert hp.seed.shape == hp.lr.shape == hp.max_steps.shape == (3,)
   assert hp.seed.dtype == jnp.int32 and hp.lr.dtype == jnp.float32
   np.testing.assert_array_equal(hp.lr, 0.5)
+
+
+# --------------------------------------------------------------------------
+# The stopping rule on hand-built states (no scan, no batch).
+
+
+def _hand_state(target_value=1.0, stop_loss=0.0, max_steps=100, step=0, status=train.RUNNING):
+  """Depth 1 on a 2 x 2 completion problem observing entry (0, 0) = target_value."""
+  cfg = train.RunConfig(problem="completion", n_rows=2, n_cols=2, rank=1, n_obs=1,
+                        depth=1, optimizer="gd")
+  mask = jnp.asarray([[1.0, 0.0], [0.0, 0.0]])
+  problem = problems.CompletionProblem(mask=mask, target=mask * target_value,
+                                       count=jnp.asarray(1.0))
+  factors = (jnp.asarray([[0.5, 0.25], [0.0, -1.0]]),)
+  hp = train.Hyperparams.make(lr=0.1, stop_loss=stop_loss, max_steps=max_steps)
+  loss = problem.loss(factors[0])
+  state = train.RunState(factors=factors, opt_state=train._optimizer(cfg, hp).init(factors),
+                         problem=problem, hp=hp, step=jnp.asarray(step, jnp.int32),
+                         status=jnp.asarray(status, jnp.int32), loss=loss, initial_loss=loss)
+  return cfg, state
+
+
+def test_step_applies_one_update_while_running():
+  cfg, state = _hand_state()
+  new = train.step(cfg, state)
+  assert int(new.status) == train.RUNNING and int(new.step) == 1
+  # W <- W - lr * 2 (W_00 - 1) e_0 e_0^T, with W_00 = 0.5: W_00 = 0.5 + 0.1.
+  np.testing.assert_allclose(new.factors[0], [[0.6, 0.25], [0.0, -1.0]], rtol=1e-6)
+  assert float(new.loss) == pytest.approx(0.25)  # l at the factors the rule saw
+
+
+def test_nan_loss_is_diverged_and_frozen():
+  cfg, state = _hand_state(target_value=np.nan)
+  new = train.step(cfg, state)
+  assert int(new.status) == train.DIVERGED and int(new.step) == 0
+  np.testing.assert_array_equal(new.factors[0], state.factors[0])
+
+
+def test_loss_equal_to_stop_loss_is_converged():
+  cfg, state = _hand_state()
+  cfg, state = _hand_state(stop_loss=float(state.loss))  # exactly l(W) = 0.25
+  new = train.step(cfg, state)
+  assert int(new.status) == train.CONVERGED and int(new.step) == 0
+  np.testing.assert_array_equal(new.factors[0], state.factors[0])
+
+
+def test_step_at_max_steps_is_budget():
+  cfg, state = _hand_state(max_steps=7, step=7)
+  new = train.step(cfg, state)
+  assert int(new.status) == train.BUDGET and int(new.step) == 7
+  np.testing.assert_array_equal(new.factors[0], state.factors[0])
+  # One step short of the budget: the update is applied.
+  cfg, state = _hand_state(max_steps=7, step=6)
+  assert int(train.step(cfg, state).step) == 7
+
+
+def test_a_stopped_run_keeps_its_values():
+  for status in (train.CONVERGED, train.BUDGET, train.DIVERGED):
+    cfg, state = _hand_state(status=status)
+    new = train.step(cfg, state)
+    for a, b in zip(jax.tree_util.tree_leaves(new), jax.tree_util.tree_leaves(state)):
+      np.testing.assert_array_equal(a, b)
+
+
+def test_final_status_uses_the_same_rule():
+  # A run that used its budget is resolved at its last iterate.
+  cfg, state = _hand_state(max_steps=3, step=3)
+  assert int(train.final_status(state, state.loss)) == train.BUDGET
+  assert int(train.final_status(state, jnp.asarray(0.0))) == train.CONVERGED
+  assert int(train.final_status(state, jnp.asarray(jnp.inf))) == train.DIVERGED
+  # A run still within budget keeps its status.
+  cfg, state = _hand_state(max_steps=9, step=3)
+  assert int(train.final_status(state, jnp.asarray(0.0))) == train.RUNNING

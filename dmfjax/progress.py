@@ -1,0 +1,128 @@
+"""Progress of a sweep: runs done, run-steps, compilations; shown on stderr.
+
+:class:`Progress` counts what the executor reports (run-steps executed and
+useful, runs done, the group being run) and the compilations JAX reports
+through ``jax.monitoring``. On a terminal it is one redrawn line (``tqdm``);
+otherwise (a log file, CI) a plain line when a new compiled group starts, at
+the end, and every ``every_s`` seconds (30 s) in between.
+
+ETA. Runs stop at ``stop_loss`` long before their budget, so neither the
+budget nor the count of runs left predicts the work left. The estimate is
+
+    work left = runs left * (useful steps per finished run) * (executed/useful)
+                + (executed steps of unfinished runs are not counted again)
+
+i.e. the finished runs' mean length (the budget while none has finished),
+inflated by the measured padding/repacking overhead, divided by the measured
+rate of run-steps per second.
+
+In a worker process, :class:`ForwardedProgress` sends every update to the
+parent's :class:`Progress` instead.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+
+
+def _isatty(stream) -> bool:
+  return bool(getattr(stream, "isatty", lambda: False)())
+
+
+class Progress:
+  """Runs done/total, run-steps/s, compilations and ETA on ``stream``.
+
+  Args:
+    total_runs: runs this sweep will run.
+    stream: where to print (None: nowhere).
+    every_s: seconds between plain lines when ``stream`` is not a terminal.
+    mean_budget: the runs' mean step budget (the ETA's guess until a run
+      finishes).
+  """
+
+  def __init__(self, total_runs: int, stream=sys.stderr, every_s: float = 30.0,
+               mean_budget: float = 0.0):
+    self.total, self.done = total_runs, 0
+    self.useful = self.executed = 0
+    self.compilations, self.compile_seconds = 0, 0.0
+    self.start = time.perf_counter()
+    self.stream, self.every_s, self.last = stream, every_s, 0.0
+    self.mean_budget = mean_budget
+    self.label = ""
+    self.bar = None
+    if stream is not None and _isatty(stream) and total_runs:
+      from tqdm import tqdm
+      self.bar = tqdm(total=total_runs, unit="run", file=stream, dynamic_ncols=True,
+                      bar_format="[dmfjax] {n_fmt}/{total_fmt} runs |{bar:20}| {desc}",
+                      mininterval=0.5)
+
+  def on_event_duration(self, event: str, duration: float, **kwargs):
+    if event == COMPILE_EVENT:
+      self.compilations += 1
+      self.compile_seconds += duration
+      self.update()
+
+  @property
+  def elapsed(self) -> float:
+    return time.perf_counter() - self.start
+
+  def eta_seconds(self) -> float | None:
+    """Seconds left, from the work left and the measured rate (None: unknown)."""
+    if self.executed == 0:
+      return None
+    per_run = self.useful / self.done if self.done else self.mean_budget
+    overhead = self.executed / self.useful if self.useful else 1.0
+    left = (self.total - self.done) * per_run * overhead
+    if self.done == 0:  # the unfinished runs' executed steps are part of their work
+      left -= self.executed
+    rate = self.executed / self.elapsed
+    return max(0.0, left) / rate if rate > 0 else None
+
+  def status(self) -> str:
+    rate = self.executed / self.elapsed if self.elapsed > 0 else 0.0
+    eta = self.eta_seconds()
+    eta_text = "?" if eta is None else f"{eta:,.0f}s"
+    return (f"{rate:,.0f} run-steps/s | {self.compilations} compiled "
+            f"({self.compile_seconds:,.0f}s) | ETA {eta_text} | {self.label}")
+
+  def update(self, executed=0, useful=0, done=0, label=None, force=False):
+    self.executed += executed
+    self.useful += useful
+    self.done += done
+    new_group = bool(label) and label != self.label
+    if label:
+      self.label = label
+    if self.bar is not None:
+      self.bar.update(done)
+      self.bar.set_description_str(self.status(), refresh=force)
+      return
+    now = time.perf_counter()
+    finished = force and self.done >= self.total
+    if self.stream is not None and (new_group or finished or now - self.last >= self.every_s):
+      self.last = now
+      print(f"[dmfjax] runs {self.done}/{self.total} | {self.status()}", file=self.stream,
+            flush=True)
+
+  def close(self):
+    if self.bar is not None:
+      self.bar.close()
+      self.bar = None
+
+
+class ForwardedProgress(Progress):
+  """A worker's progress: every update and compile goes to the parent."""
+
+  def __init__(self, emit):
+    super().__init__(0, stream=None)
+    self.emit = emit
+
+  def update(self, executed=0, useful=0, done=0, label=None, force=False):
+    self.emit("progress", dict(executed=executed, useful=useful, done=done, label=label,
+                               force=force))
+
+  def on_event_duration(self, event: str, duration: float, **kwargs):
+    if event == COMPILE_EVENT:
+      self.emit("compile", duration)

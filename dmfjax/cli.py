@@ -62,6 +62,9 @@ def _parser() -> argparse.ArgumentParser:
   s.add_argument("--norepack", dest="repack", action="store_false", help=argparse.SUPPRESS)
   _flag(s, "workers", type=int, help="worker processes (default: cores on a CPU, else 1)")
   _flag(s, "report", action="store_true", help="write the report under OUT/report at the end")
+  _flag(s, "compile_cache", metavar="DIR",
+        help="JAX's persistent compilation cache (default: $JAX_COMPILATION_CACHE_DIR or "
+             "~/.cache/dmfjax/jax; 'none': off)")
   r = sub.add_parser("report", help="figures, report.md and report.html from results")
   _flag(r, "results", action="append", required=True, help="a results directory (repeatable)")
   _flag(r, "out", required=True, help="where the report goes")
@@ -73,7 +76,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _sweep(args) -> int:
-  from dmfjax import planner, results, spec as spec_lib, sweep, workers
+  from dmfjax import compile_cache, planner, results, spec as spec_lib, sweep, workers
   spec = spec_lib.load_spec(specs.resolve(args.spec))
   overrides = list(args.set) + ([f"data={args.data!r}"] if args.data else [])
   spec = spec_lib.apply_overrides(spec, overrides)
@@ -90,6 +93,7 @@ def _sweep(args) -> int:
     return 0
   if not args.out:
     raise spec_lib.SpecError("out: --out DIR is required")
+  compile_cache.enable(args.compile_cache)
   try:
     p = sweep.run_sweep(spec, args.out, args.num_shards, args.shard_index, budget,
                         repack=args.repack, workers=args.workers)

@@ -32,7 +32,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from dmfjax import (batching, nuclear_norm, numerics, ratings, results, rows, train,
                     workers as workers_lib)
 from dmfjax.planner import Group, Plan
-from dmfjax.progress import COMPILE_EVENT, ForwardedProgress, Progress
+from dmfjax.progress import CACHE_HIT_EVENT, COMPILE_EVENT, ForwardedProgress, Progress
 
 
 class Interrupted(Exception):
@@ -176,6 +176,7 @@ def _worker(index: int, next_task, emit, plan: Plan, out: str, tag: str, repack:
 
   signal.signal(signal.SIGINT, on_sigint)
   jax.monitoring.register_event_duration_secs_listener(progress.on_event_duration)
+  jax.monitoring.register_event_listener(progress.on_event)
   batches = plan.batches()
   while not executor.stop_requested:
     k = next_task()
@@ -193,6 +194,8 @@ def execute_in_workers(executor: Executor, out, tag: str):
       progress.update(**payload)
     elif kind == "compile":
       progress.on_event_duration(COMPILE_EVENT, payload)
+    elif kind == "cache_hit":
+      progress.on_event(CACHE_HIT_EVENT)
 
   num_batches = len(p.batches())
   workers_lib.run(min(p.workers, num_batches), num_batches, _worker,

@@ -26,6 +26,9 @@ import sys
 import time
 
 COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+# COMPILE_EVENT times every program built, compiled or loaded from the
+# persistent cache; CACHE_HIT_EVENT counts the loaded ones.
+CACHE_HIT_EVENT = "/jax/compilation_cache/cache_hits"
 
 
 def _isatty(stream) -> bool:
@@ -47,7 +50,7 @@ class Progress:
                mean_budget: float = 0.0):
     self.total, self.done = total_runs, 0
     self.useful = self.executed = 0
-    self.compilations, self.compile_seconds = 0, 0.0
+    self.compilations, self.compile_seconds, self.cache_hits = 0, 0.0, 0
     self.start = time.perf_counter()
     self.stream, self.every_s, self.last = stream, every_s, 0.0
     self.mean_budget = mean_budget
@@ -64,6 +67,10 @@ class Progress:
       self.compilations += 1
       self.compile_seconds += duration
       self.update()
+
+  def on_event(self, event: str, **kwargs):
+    if event == CACHE_HIT_EVENT:
+      self.cache_hits += 1
 
   @property
   def elapsed(self) -> float:
@@ -85,8 +92,9 @@ class Progress:
     rate = self.executed / self.elapsed if self.elapsed > 0 else 0.0
     eta = self.eta_seconds()
     eta_text = "?" if eta is None else f"{eta:,.0f}s"
-    return (f"{rate:,.0f} run-steps/s | {self.compilations} compiled "
-            f"({self.compile_seconds:,.0f}s) | ETA {eta_text} | {self.label}")
+    return (f"{rate:,.0f} run-steps/s | {self.compilations} programs "
+            f"({self.compile_seconds:,.0f}s; {self.cache_hits} cached) | ETA {eta_text} | "
+            f"{self.label}")
 
   def update(self, executed=0, useful=0, done=0, label=None, force=False):
     self.executed += executed
@@ -126,3 +134,7 @@ class ForwardedProgress(Progress):
   def on_event_duration(self, event: str, duration: float, **kwargs):
     if event == COMPILE_EVENT:
       self.emit("compile", duration)
+
+  def on_event(self, event: str, **kwargs):
+    if event == CACHE_HIT_EVENT:
+      self.emit("cache_hit")

@@ -76,6 +76,7 @@ def run_sweep(spec: spec_lib.Spec, out, num_shards: int = 1, shard_index: int = 
   except ValueError:  # not the main thread
     in_main = False
   jax.monitoring.register_event_duration_secs_listener(progress.on_event_duration)
+  jax.monitoring.register_event_listener(progress.on_event)
   try:
     if p.workers > 1 and len(p.todo) > 0:
       execute_in_workers(executor, out, writer.tag)
@@ -83,18 +84,21 @@ def run_sweep(spec: spec_lib.Spec, out, num_shards: int = 1, shard_index: int = 
       executor.execute()
   finally:
     jax.monitoring.unregister_event_duration_listener(progress.on_event_duration)
+    jax.monitoring.unregister_event_listener(progress.on_event)
     progress.close()
     if in_main:
       signal.signal(signal.SIGINT, previous)
   progress.update(force=True)
   elapsed = progress.elapsed
   print(f"[dmfjax] done: {progress.done} runs in {elapsed:,.1f}s "
-        f"({progress.compilations} compilations, {progress.compile_seconds:,.1f}s); executed "
+        f"({progress.compilations} programs in {progress.compile_seconds:,.1f}s: "
+        f"{progress.compilations - progress.cache_hits} compiled, {progress.cache_hits} "
+        "from the compilation cache); executed "
         f"{progress.executed:,} run-steps for {progress.useful:,} useful "
         f"({progress.executed / max(progress.useful, 1):.2f}x)", file=stream)
   p.stats.update(executed_run_steps=progress.executed, useful_run_steps=progress.useful,
                  wall_seconds=elapsed, compilations=progress.compilations,
-                 compile_seconds=progress.compile_seconds)
+                 compile_seconds=progress.compile_seconds, cache_hits=progress.cache_hits)
   return p
 
 

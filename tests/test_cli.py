@@ -101,3 +101,26 @@ def test_console_entry_points_run_as_modules(tmp_path):
   assert proc.returncode == 0 and "12 runs" in proc.stdout
   proc = _dmfjax("sweep", "--help", cwd=tmp_path)
   assert proc.returncode == 0 and "init_scale" in proc.stdout
+
+
+def test_compilation_cache_serves_a_second_sweep(tmp_path):
+  """Two sweeps into fresh directories: the second compiles nothing, it loads."""
+  import re
+  spec = write_spec(tmp_path / "spec.py", n_rows=7, n_cols=9, max_steps=200)
+  done = []
+  for out in ("a", "b"):
+    proc = subprocess.run(
+        [sys.executable, "-m", "dmfjax.cli", "sweep", f"--spec={spec}",
+         f"--out={tmp_path / out}", f"--compile_cache={tmp_path / 'cache'}", "--workers=2"],
+        env=cli_env(), capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    done.append(re.search(r"\((\d+) programs in [\d.]+s: (\d+) compiled, (\d+) from the "
+                          r"compilation cache\)", proc.stderr).groups())
+  (programs_a, compiled_a, _), (programs_b, compiled_b, cached_b) = done
+  assert int(compiled_a) > 0 and int(compiled_b) == 0 and cached_b == programs_b
+  assert any((tmp_path / "cache").iterdir())
+  off = subprocess.run(
+      [sys.executable, "-m", "dmfjax.cli", "sweep", f"--spec={spec}",
+       f"--out={tmp_path / 'c'}", "--compile_cache=none", "--workers=1"],
+      env=cli_env(), capture_output=True, text=True, cwd=ROOT, timeout=600)
+  assert off.returncode == 0 and " 0 from the compilation cache" in off.stderr

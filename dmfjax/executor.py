@@ -29,7 +29,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from dmfjax import (batching, nuclear_norm, numerics, ratings, results, rows, train,
+from dmfjax import (batching, fields, nuclear_norm, numerics, ratings, results, rows, train,
                     workers as workers_lib)
 from dmfjax.planner import Group, Plan
 from dmfjax.progress import CACHE_HIT_EVENT, COMPILE_EVENT, ForwardedProgress, Progress
@@ -49,11 +49,11 @@ def _shared_problem(run: dict):
 
 
 def _hyperparams(batch: list, slots: list, dtype):
-  """A batch's Hyperparams; padding slots (None) get harmless values."""
-  pad = dict(seed=0, problem_seed=batch[0]["problem_seed"], init_scale=1.0, lr=0.0,
-             stop_loss=0.0, max_steps=0, divergence_factor=1e4)
+  """A batch's Hyperparams (every batched field); padding slots (None) copy
+  the first run's values, except that they take no step (``max_steps`` 0)."""
+  pad = dict(batch[0], max_steps=0)
   values = {}
-  for name in pad:
+  for name in fields.DYNAMIC_FIELDS:
     column = [batch[i][name] if i is not None else pad[name] for i in slots]
     if any(v is None for v in column):  # a field that does not apply (nuclear norm)
       continue

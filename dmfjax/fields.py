@@ -47,6 +47,9 @@ class Field:
       problems); elsewhere the field is null in a run.
     nullable: whether None is a valid spec value (it then has a meaning given
       in ``doc``).
+    batched_for: problems for which a STATIC field is a batched number instead
+      (it changes no shape there): it is then also a field of
+      ``train.Hyperparams`` and null in those runs' ``train.RunConfig``.
   """
   name: str
   type: str
@@ -55,10 +58,11 @@ class Field:
   role: str = STATIC
   applies: str = ALL
   nullable: bool = False
+  batched_for: tuple = ()
 
 
-def _f(name, type_, default, doc, role=STATIC, applies=ALL, nullable=False):
-  return Field(name, type_, default, doc, role, applies, nullable)
+def _f(name, type_, default, doc, role=STATIC, applies=ALL, nullable=False, batched_for=()):
+  return Field(name, type_, default, doc, role, applies, nullable, batched_for)
 
 
 # The order is the order of the runs table's configuration columns.
@@ -68,7 +72,9 @@ RUN_FIELDS: tuple[Field, ...] = (
     _f("n_rows", "int", 100, "rows n of W* (ratings: from the file)"),
     _f("n_cols", "int", 100, "columns m of W* (ratings: from the file)"),
     _f("rank", "int", 5, "rank of W*", applies=SYNTHETIC),
-    _f("n_obs", "int", 2000, "observed entries / measurements (ratings: training ratings)"),
+    _f("n_obs", "int", 2000,
+       "observed entries / measurements (ratings: training ratings); a batched number for "
+       "completion, a shape for sensing", batched_for=("completion",)),
     _f("symmetric", "bool", False,
        "V = U in the ground truth (needs n_rows == n_cols; False for ratings)"),
     _f("problem_seed", "int", None, "seeds W* and the observations; None: the run's seed",
@@ -116,7 +122,7 @@ SWEEP_FIELDS: tuple[Field, ...] = (
 BY_NAME: dict[str, Field] = {f.name: f for f in RUN_FIELDS + SWEEP_FIELDS}
 RUN_FIELD_NAMES = tuple(f.name for f in RUN_FIELDS)
 STATIC_FIELDS = tuple(f.name for f in RUN_FIELDS if f.role == STATIC)
-DYNAMIC_FIELDS = tuple(f.name for f in RUN_FIELDS if f.role == DYNAMIC)
+DYNAMIC_FIELDS = tuple(f.name for f in RUN_FIELDS if f.role == DYNAMIC or f.batched_for)
 
 # A spec holds every run field as a value or a list (a grid axis), except
 # 'seed', which it gives as 'seeds'; and the sweep fields.

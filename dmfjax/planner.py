@@ -51,7 +51,9 @@ class Group:
   @property
   def label(self) -> str:
     c = self.config
-    parts = [c.method, c.problem, f"{c.n_rows}x{c.n_cols}", f"n_obs={c.n_obs}"]
+    n_obs = sorted({r["n_obs"] for r in self.runs}) if c.n_obs is None else [c.n_obs]
+    parts = [c.method, c.problem, f"{c.n_rows}x{c.n_cols}",
+             "n_obs=" + ",".join(str(k) for k in n_obs)]
     if c.method == "dmf":
       parts += [f"depth={c.depth}", c.init, c.optimizer]
     return " ".join(str(p) for p in parts)
@@ -63,6 +65,26 @@ class Group:
   def batches(self) -> list[list[dict]]:
     return [self.runs[start:start + self.batch_size]
             for start in range(0, len(self.runs), self.batch_size)]
+
+  def program_count(self, num_devices: int, repack: bool = True) -> int:
+    """Compiled programs this group needs at most.
+
+    A factorization group compiles init, the first log and finalize once per
+    batch size, and the chunk once per batch size it runs at: the padded
+    sizes of its batches and, with repacking, the smaller buckets (powers of
+    two times the device count). A nuclear-norm group compiles one solver
+    per batch size.
+    """
+    sizes = {padded(len(b), num_devices) for b in self.batches()}
+    if self.method != "dmf":
+      return len(sizes)
+    chunk_sizes = set(sizes)
+    if repack:
+      bucket_size = num_devices
+      while bucket_size < max(sizes):
+        chunk_sizes.add(bucket_size)
+        bucket_size *= 2
+    return 3 * len(sizes) + len(chunk_sizes)
 
 
 @dataclasses.dataclass
@@ -226,13 +248,16 @@ def describe(p: Plan, spec: spec_lib.Spec) -> str:
            f"finished, {len(p.todo)} to run in {len(p.groups)} compiled groups on "
            f"{p.num_devices} device(s), {p.workers} worker process(es); memory "
            f"budget {p.memory_budget / 2**30:.2f} GiB per device"]
-  total = 0
+  total = programs = 0
   for g in p.groups:
     batches = math.ceil(len(g.runs) / g.batch_size)
     size = padded(g.batch_size, p.num_devices)
     total += g.max_run_steps
+    programs += g.program_count(p.num_devices)
     lines.append(f"  [{g.label}] {len(g.runs)} runs, {batches} batch(es) of <= {size}, "
                  f"<= {g.max_run_steps:,} run-steps, ~{size * g.per_run_bytes / 2**20:,.0f} MiB"
                  " per batch")
-  lines.append(f"  at most {total:,} run-steps in all (runs stop earlier at stop_loss)")
+  lines.append(f"  at most {total:,} run-steps in all (runs stop earlier at stop_loss); "
+               f"at most {programs} programs to compile (once per machine: worker "
+               "processes share them through the compilation cache)")
   return "\n".join(lines)

@@ -130,18 +130,25 @@ def ground_truth(key: jax.Array, n: int, m: int, rank: int,
   return w * (jnp.sqrt(jnp.asarray(n * m, dtype)) / jnp.linalg.norm(w))
 
 
-def sample_entries(key: jax.Array, n: int, m: int, count: int) -> jax.Array:
-  """0/1 mask with exactly ``count`` entries, uniform without replacement."""
-  flat = jax.random.permutation(key, n * m)[:count]
-  return jnp.zeros((n * m,), jnp.bool_).at[flat].set(True).reshape(n, m)
+def sample_entries(key: jax.Array, n: int, m: int, count) -> jax.Array:
+  """0/1 mask with exactly ``count`` entries, uniform without replacement.
+
+  The entries are the first ``count`` of a random permutation of all n m, so
+  the mask of a smaller count is contained in that of a larger one (same
+  key). ``count`` may be a traced integer: the mask's shape does not depend
+  on it, so one compiled program serves every observation count.
+  """
+  order = jax.random.permutation(key, n * m)
+  chosen = jnp.arange(n * m) < count
+  return jnp.zeros((n * m,), jnp.bool_).at[order].set(chosen).reshape(n, m)
 
 
-def completion(key: jax.Array, w_star: jax.Array, count: int) -> CompletionProblem:
-  """Completion problem observing ``count`` uniformly drawn entries of W*."""
+def completion(key: jax.Array, w_star: jax.Array, count) -> CompletionProblem:
+  """Completion problem observing ``count`` (may be traced) uniformly drawn entries."""
   n, m = w_star.shape
   mask = sample_entries(key, n, m, count).astype(w_star.dtype)
   return CompletionProblem(mask=mask, target=mask * w_star,
-                           count=jnp.asarray(count, w_star.dtype), w_star=w_star)
+                           count=jnp.asarray(count).astype(w_star.dtype), w_star=w_star)
 
 
 def sensing(key: jax.Array, w_star: jax.Array, count: int) -> SensingProblem:
@@ -156,15 +163,16 @@ def sensing(key: jax.Array, w_star: jax.Array, count: int) -> SensingProblem:
   return SensingProblem(a=a, y=y, w_star=w_star)
 
 
-def synthetic(key: jax.Array, kind: str, n: int, m: int, rank: int, count: int,
+def synthetic(key: jax.Array, kind: str, n: int, m: int, rank: int, count,
               symmetric: bool = False, dtype=jnp.float32) -> Problem:
   """The paper's synthetic problem of the given ``kind`` from one key.
 
   Every method and dtype of one key sees the identical problem: W* and the
   sensing matrices are drawn and computed in :data:`DRAW_DTYPE` (float32),
-  then cast to ``dtype`` (exactly, for float64); the completion mask does
-  not depend on the dtype. (``jax.random.normal`` draws other numbers in
-  float64 than in float32 from the same key.)
+  then cast to ``dtype`` (exactly, for float64); the completion mask does not
+  depend on the dtype. (``jax.random.normal`` draws other numbers in float64
+  than in float32 from the same key.) ``count`` is a Python int for sensing
+  (it fixes the shape of A) and may be traced for completion.
   """
   k_truth, k_obs = jax.random.split(key)
   w_star = ground_truth(k_truth, n, m, rank, symmetric, DRAW_DTYPE).astype(dtype)

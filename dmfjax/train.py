@@ -59,8 +59,14 @@ class _RunConfigMethods:
 
   @classmethod
   def from_run(cls, run: dict) -> "RunConfig":
-    """The static part of a run dict (``spec.expand``)."""
-    return cls(**{name: run[name] for name in fields.STATIC_FIELDS})
+    """The static part of a run dict (``spec.expand``).
+
+    A field that is a batched number for the run's problem
+    (``Field.batched_for``, e.g. ``n_obs`` of completion) is None: runs that
+    differ only in it share one program.
+    """
+    return cls(**{name: (None if run["problem"] in fields.BY_NAME[name].batched_for
+                         else run[name]) for name in fields.STATIC_FIELDS})
 
 
 RunConfig = dataclasses.make_dataclass(
@@ -169,10 +175,15 @@ def _keys(hp: Hyperparams):
 
 
 def make_problem(cfg: RunConfig, hp: Hyperparams):
-  """The synthetic problem drawn from ``hp.problem_seed``."""
+  """The synthetic problem drawn from ``hp.problem_seed``.
+
+  Its observation count is ``cfg.n_obs``, or the batched ``hp.n_obs`` where
+  the config leaves it None (completion: ``RunConfig.from_run``).
+  """
   _, problem_key = _keys(hp)
+  count = hp.n_obs if cfg.n_obs is None else cfg.n_obs
   return problems.synthetic(problem_key, cfg.problem, cfg.n_rows, cfg.n_cols,
-                            cfg.rank, cfg.n_obs, cfg.symmetric, cfg.jnp_dtype)
+                            cfg.rank, count, cfg.symmetric, cfg.jnp_dtype)
 
 
 def _optimizer(cfg: RunConfig, hp: Hyperparams) -> optax.GradientTransformation:

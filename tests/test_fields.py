@@ -30,7 +30,8 @@ def test_spec_fields_and_defaults_come_from_the_table():
 def test_static_and_dynamic_split_the_run_fields():
   static = [f.name for f in dataclasses.fields(train.RunConfig)]
   dynamic = [f.name for f in dataclasses.fields(train.Hyperparams)]
-  assert not set(static) & set(dynamic)
+  # Only a field that is a batched number for some problems is both.
+  assert set(static) & set(dynamic) == {f.name for f in fields.RUN_FIELDS if f.batched_for}
   assert set(static) | set(dynamic) == RUN_NAMES
   assert static == list(fields.STATIC_FIELDS) and dynamic == list(fields.DYNAMIC_FIELDS)
   # Defaults: one place.
@@ -39,7 +40,7 @@ def test_static_and_dynamic_split_the_run_fields():
     assert getattr(cfg, name) == fields.BY_NAME[name].default
   hp = train.Hyperparams.make(seed=7)
   assert int(hp.problem_seed) == 7  # None: the run's seed
-  for name in ("init_scale", "lr", "stop_loss", "max_steps", "divergence_factor"):
+  for name in ("init_scale", "lr", "stop_loss", "max_steps", "divergence_factor", "n_obs"):
     np.testing.assert_allclose(np.asarray(getattr(hp, name)), fields.BY_NAME[name].default,
                                rtol=1e-7)
 
@@ -117,3 +118,15 @@ def test_variants_of_the_wrong_type_are_rejected():
     spec_lib.expand(Spec(variants=5))
   with pytest.raises(SpecError, match="^lr: must be a number"):
     spec_lib.expand(Spec(variants=[{"lr": "fast"}]))
+
+
+def test_completion_observation_counts_share_a_program():
+  """n_obs is a batched number for completion, a shape for sensing."""
+  runs = spec_lib.expand(Spec(n_rows=6, n_cols=5, rank=2, n_obs=[9, 12], seeds=1,
+                              problem=["completion", "sensing"]))
+  configs = {(r["problem"], train.RunConfig.from_run(r)) for r in runs}
+  assert len([c for c in configs if c[0] == "completion"]) == 1
+  assert len([c for c in configs if c[0] == "sensing"]) == 2
+  groups = planner.plan(Spec(n_rows=6, n_cols=5, rank=2, n_obs=[9, 12], seeds=2), None,
+                        workers=1).groups
+  assert len(groups) == 1 and "n_obs=9,12" in groups[0].label

@@ -139,3 +139,19 @@ def test_every_dtype_and_method_sees_the_identical_problem(kind):
   else:
     np.testing.assert_array_equal(p64.a, np.asarray(p32.a, np.float64))
     np.testing.assert_allclose(p64.y, np.asarray(p32.y, np.float64), rtol=1e-5)
+
+
+def test_traced_count_gives_the_same_nested_masks():
+  """The mask from a traced count equals the static one; smaller counts nest."""
+  key = jax.random.PRNGKey(5)
+  traced = jax.jit(lambda c: problems.sample_entries(key, 7, 9, c))
+  previous = np.zeros((7, 9), bool)
+  for count in (1, 10, 30, 63):
+    mask = np.asarray(traced(count))
+    assert mask.sum() == count
+    assert (mask >= previous).all()  # contains the smaller count's entries
+    order = np.asarray(jax.random.permutation(key, 63))
+    expected = np.zeros(63, bool)
+    expected[order[:count]] = True
+    np.testing.assert_array_equal(mask, expected.reshape(7, 9))
+    previous = mask

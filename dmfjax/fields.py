@@ -50,6 +50,10 @@ class Field:
     batched_for: problems for which a STATIC field is a batched number instead
       (it changes no shape there): it is then also a field of
       ``train.Hyperparams`` and null in those runs' ``train.RunConfig``.
+    neutral: for a field added after runs were first stored, the value that
+      reproduces the behaviour from before it existed; ``run_id`` leaves the
+      field out while it holds that value (or None), so the runs stored before
+      keep their ids. None: the field always counts.
   """
   name: str
   type: str
@@ -59,10 +63,12 @@ class Field:
   applies: str = ALL
   nullable: bool = False
   batched_for: tuple = ()
+  neutral: Any = None
 
 
-def _f(name, type_, default, doc, role=STATIC, applies=ALL, nullable=False, batched_for=()):
-  return Field(name, type_, default, doc, role, applies, nullable, batched_for)
+def _f(name, type_, default, doc, role=STATIC, applies=ALL, nullable=False, batched_for=(),
+       neutral=None):
+  return Field(name, type_, default, doc, role, applies, nullable, batched_for, neutral)
 
 
 # The order is the order of the runs table's configuration columns.
@@ -100,12 +106,18 @@ RUN_FIELDS: tuple[Field, ...] = (
     _f("divergence_factor", "float", 1e4,
        "diverged when the loss exceeds this times its initial value (or is NaN/Inf)",
        role=DYNAMIC, applies=DMF),
+    _f("loss", "str", "mean",
+       "'mean': l(W) = (1/k) sum_i (<A_i, W> - y_i)^2 (the paper's); 'sum': without 1/k",
+       applies=DMF, neutral="mean"),
     _f("log_every", "int", 1000, "steps between trajectory rows", applies=DMF),
     _f("top_k", "int", 10, "singular values kept per trajectory row", applies=DMF),
     _f("alignment", "bool", False, "log the alignment of U^T grad l(W) V", applies=DMF),
     _f("dtype", "str", "float32", "'float32' or 'float64' (verification)"),
     _f("nn_tol", "float", 1e-6, "nuclear_norm: solver tolerance", applies=NUCLEAR_NORM),
     _f("nn_max_iters", "int", 5000, "nuclear_norm: iteration cap", applies=NUCLEAR_NORM),
+    _f("nn_eps", "float", 0.0,
+       "nuclear_norm: fit tolerance, |<A_i, W> - y_i| <= nn_eps (0: exact fit; the paper "
+       "used 1e-3; completion only)", applies=NUCLEAR_NORM, neutral=0.0),
 )
 
 # Fields of a sweep that are not run fields (not grid axes).
@@ -123,6 +135,7 @@ BY_NAME: dict[str, Field] = {f.name: f for f in RUN_FIELDS + SWEEP_FIELDS}
 RUN_FIELD_NAMES = tuple(f.name for f in RUN_FIELDS)
 STATIC_FIELDS = tuple(f.name for f in RUN_FIELDS if f.role == STATIC)
 DYNAMIC_FIELDS = tuple(f.name for f in RUN_FIELDS if f.role == DYNAMIC or f.batched_for)
+LOSSES = ("mean", "sum")
 
 # A spec holds every run field as a value or a list (a grid axis), except
 # 'seed', which it gives as 'seeds'; and the sweep fields.

@@ -126,10 +126,17 @@ def nuclear_norm(w: jax.Array) -> jax.Array:
   return jnp.sum(jnp.linalg.svd(w, compute_uv=False))
 
 
-def _projector(problem: Problem):
-  """Returns P_C, the Euclidean projection onto {W : A(W) = y}."""
+def _projector(problem: Problem, eps: float = 0.0):
+  """Returns P_C, the Euclidean projection onto C = {W : |A(W) - y| <= eps}.
+
+  eps = 0 is the affine set of exact fits; eps > 0 (completion only) clips
+  the observed entries into [y - eps, y + eps].
+  """
   if isinstance(problem, CompletionProblem):
     keep = 1.0 - problem.mask
+    if eps > 0:
+      return lambda v: keep * v + problem.mask * jnp.clip(v, problem.target - eps,
+                                                          problem.target + eps)
     return lambda v: keep * v + problem.target
   if isinstance(problem, SensingProblem):
     gram = matmul(problem.a.reshape(problem.a.shape[0], -1),
@@ -144,6 +151,11 @@ def _projector(problem: Problem):
                   f"got {type(problem).__name__}")
 
 
+def _check_eps(problem: Problem, eps: float) -> None:
+  if eps > 0 and not isinstance(problem, CompletionProblem):
+    raise ValueError("nn_eps: the tolerance form is solved for completion only")
+
+
 def _initial_rho(problem: Problem, dtype) -> jax.Array:
   """Default penalty: 1 / (spectral norm of the least-norm fit A^+(y))."""
   if isinstance(problem, CompletionProblem):
@@ -154,7 +166,7 @@ def _initial_rho(problem: Problem, dtype) -> jax.Array:
 
 
 def solve(problem: Problem, tol: float = 1e-6, max_iters: int = 5000,
-          rho: Optional[float] = None) -> NuclearNormResult:
+          rho: Optional[float] = None, eps: float = 0.0) -> NuclearNormResult:
   """Minimum nuclear norm fit of ``problem`` by ADMM.
 
   Updates (scaled form, alpha = RELAXATION, C = {W : A(W) = y})::
@@ -174,6 +186,10 @@ def solve(problem: Problem, tol: float = 1e-6, max_iters: int = 5000,
     max_iters: iteration cap (may be traced).
     rho: initial penalty; default 1 / ||A^+(y)||_2 (the spectral norm of the
       least-norm fit). Adapted by residual balancing either way.
+    eps: fit tolerance (a Python float): minimize ||W||_* subject to
+      |<A_i, W> - y_i| <= eps (the paper's conic solve used 1e-3); 0 is the
+      exact fit. eps > 0 for completion only. The dual is then
+      max <lambda, y> - eps ||lambda||_1 s.t. ||A^*(lambda)||_2 <= 1.
 
   Returns:
     NuclearNormResult with w = the last Z (which fits the observations).
@@ -184,7 +200,8 @@ def solve(problem: Problem, tol: float = 1e-6, max_iters: int = 5000,
   else:
     dtype = problem.y.dtype
     shape = problem.a.shape[1:]
-  project = _projector(problem)
+  _check_eps(problem, eps)
+  project = _projector(problem, eps)
   tiny = jnp.finfo(dtype).tiny
   tol = jnp.asarray(tol, dtype)
   rho0 = _initial_rho(problem, dtype) if rho is None else jnp.asarray(rho, dtype)
@@ -219,7 +236,11 @@ def solve(problem: Problem, tol: float = 1e-6, max_iters: int = 5000,
 
   multiplier = -rho * u
   dual_scale = jnp.maximum(1.0, jnp.linalg.norm(multiplier, ord=2))
-  dual_objective = jnp.sum(multiplier * z) / dual_scale
+  if eps > 0:  # multiplier = A^*(lambda), supported on Omega
+    dual_objective = (jnp.sum(multiplier * problem.target)
+                      - eps * jnp.sum(jnp.abs(multiplier) * problem.mask)) / dual_scale
+  else:
+    dual_objective = jnp.sum(multiplier * z) / dual_scale
   norm = nuclear_norm(z)
   gap = (norm - dual_objective) / jnp.maximum(norm, tiny)
   return NuclearNormResult(
@@ -245,7 +266,8 @@ def batched(cfg, shared_problem: bool = False):
   def one(hp, problem=None):
     if problem is None:
       problem = train.make_problem(cfg, hp)
-    res = solve(problem, tol=float(cfg.nn_tol), max_iters=int(cfg.nn_max_iters))
+    res = solve(problem, tol=float(cfg.nn_tol), max_iters=int(cfg.nn_max_iters),
+                eps=float(cfg.nn_eps or 0.0))
     return res, train.summarize(problem, res.w, res.iterations,
                                 jnp.asarray(train.RUNNING, jnp.int32))
 

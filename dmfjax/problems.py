@@ -59,10 +59,14 @@ class CompletionProblem:
     """P_Omega(W - W*) as an (n, m) matrix (zero off Omega)."""
     return self.mask * (w - self.target)
 
+  def squared_error(self, w: jax.Array) -> jax.Array:
+    """sum_{(a,b) in Omega} (W_ab - W*_ab)^2."""
+    r = self.residual(w)
+    return jnp.sum(r * r)
+
   def loss(self, w: jax.Array) -> jax.Array:
     """l(W) = (1/|Omega|) sum_{(a,b) in Omega} (W_ab - W*_ab)^2."""
-    r = self.residual(w)
-    return jnp.sum(r * r) / self.count
+    return self.squared_error(w) / self.count
 
   def loss_gradient(self, w: jax.Array) -> jax.Array:
     """grad l(W) = (2/|Omega|) P_Omega(W - W*)."""
@@ -102,7 +106,13 @@ class SensingProblem:
     k, n, m = self.a.shape
     return matmul(z, self.a.reshape(k, -1)).reshape(n, m)
 
+  def squared_error(self, w: jax.Array) -> jax.Array:
+    """sum_i (<A_i, W> - y_i)^2."""
+    r = self.measure(w) - self.y
+    return jnp.sum(r * r)
+
   def loss(self, w: jax.Array) -> jax.Array:
+    """l(W) = (1/k) sum_i (<A_i, W> - y_i)^2."""
     r = self.measure(w) - self.y
     return jnp.mean(r * r)
 

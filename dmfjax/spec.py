@@ -242,6 +242,8 @@ def validate_run(run: dict) -> None:
     if not _is_num(run["divergence_factor"]) or run["divergence_factor"] <= 1:
       _fail("divergence_factor", "must be a number > 1, got "
             f"{run['divergence_factor']!r}", run)
+    if run["loss"] not in fields.LOSSES:
+      _fail("loss", f"unknown loss {run['loss']!r}; allowed: {fields.LOSSES}", run)
     if not _is_int(run["log_every"]) or run["log_every"] < 1:
       _fail("log_every", f"must be an integer >= 1, got {run['log_every']!r}", run)
     if not _is_int(run["top_k"]) or run["top_k"] < 1:
@@ -251,6 +253,11 @@ def validate_run(run: dict) -> None:
       _fail("nn_tol", f"must be a number > 0, got {run['nn_tol']!r}", run)
     if not _is_int(run["nn_max_iters"]) or run["nn_max_iters"] < 1:
       _fail("nn_max_iters", f"must be an integer >= 1, got {run['nn_max_iters']!r}", run)
+    if not _is_num(run["nn_eps"]) or run["nn_eps"] < 0:
+      _fail("nn_eps", f"must be a number >= 0, got {run['nn_eps']!r}", run)
+    if run["nn_eps"] > 0 and run["problem"] == "sensing":
+      _fail("nn_eps", "the tolerance form is solved for completion (and ratings) only; "
+            "use nn_eps=0 for sensing", run)
   if run["problem"] == "ratings":
     if not _is_num(run["test_fraction"]) or not 0 <= run["test_fraction"] < 1:
       _fail("test_fraction", f"must be in [0, 1), got {run['test_fraction']!r}", run)
@@ -284,8 +291,18 @@ def canonical(run: dict) -> dict:
 
 
 def run_id(run: dict) -> str:
-  """16 hex digits of SHA-256 of the canonical config (sweep name excluded)."""
-  key = {k: v for k, v in sorted(run.items()) if k not in ("sweep", "run_id")}
+  """16 hex digits of SHA-256 of the canonical config (sweep name excluded).
+
+  A field added after runs were first stored is left out while it holds its
+  ``neutral`` value (``fields.Field.neutral``), so those runs keep their ids.
+  """
+  def counts(k, v):
+    field = fields.BY_NAME.get(k)
+    return not (field is not None and field.neutral is not None
+                and (v is None or v == field.neutral))
+
+  key = {k: v for k, v in sorted(run.items())
+         if k not in ("sweep", "run_id") and counts(k, v)}
   return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -190,8 +190,14 @@ def _optimizer(cfg: RunConfig, hp: Hyperparams) -> optax.GradientTransformation:
   return optimizers.make(cfg.optimizer, hp.lr)
 
 
-def _loss(problem, factors):
-  return problem.loss(models.end_to_end(factors))
+def objective(problem, w: jax.Array, kind: Optional[str] = "mean") -> jax.Array:
+  """The training loss of ``w``: the mean squared error over the observations
+  (``kind`` 'mean' or None, the paper's) or their sum of squares ('sum')."""
+  return problem.squared_error(w) if kind == "sum" else problem.loss(w)
+
+
+def _loss(cfg: RunConfig, problem, factors):
+  return objective(problem, models.end_to_end(factors), cfg.loss)
 
 
 def init(cfg: RunConfig, hp: Hyperparams, problem=None) -> RunState:
@@ -201,7 +207,7 @@ def init(cfg: RunConfig, hp: Hyperparams, problem=None) -> RunState:
   init_key, _ = _keys(hp)
   factors = models.init_factors(init_key, cfg.init, hp.init_scale, cfg.n_rows,
                                 cfg.n_cols, cfg.depth, cfg.widths, cfg.jnp_dtype)
-  loss = _loss(problem, factors)
+  loss = _loss(cfg, problem, factors)
   return RunState(factors=factors, opt_state=_optimizer(cfg, hp).init(factors),
                   problem=problem, hp=hp, step=jnp.zeros((), jnp.int32),
                   status=jnp.asarray(RUNNING, jnp.int32), loss=loss,
@@ -243,7 +249,7 @@ def step(cfg: RunConfig, state: RunState) -> RunState:
   keeps its factors and optimizer state (selected, not recomputed).
   """
   hp = state.hp
-  loss, grads = jax.value_and_grad(functools.partial(_loss, state.problem))(state.factors)
+  loss, grads = jax.value_and_grad(functools.partial(_loss, cfg, state.problem))(state.factors)
   updates, opt_state = _optimizer(cfg, hp).update(grads, state.opt_state, state.factors)
   new_factors = optax.apply_updates(state.factors, updates)
 
@@ -281,7 +287,7 @@ def log_record(cfg: RunConfig, state: RunState) -> LogRecord:
     k = min(cfg.top_k, sigma.shape[0])
     diag, offdiag = metrics.alignment(w, state.problem.loss_gradient(w), k)
   return LogRecord(step=state.step, status=state.status,
-                   train_loss=state.problem.loss(w),
+                   train_loss=objective(state.problem, w, cfg.loss),
                    reconstruction_error=_reconstruction_error(state.problem, w),
                    test_error=_test_error(state.problem, w),
                    nuclear_norm=metrics.nuclear_norm(sigma),
@@ -312,15 +318,19 @@ def final_status(state: RunState, loss: jax.Array) -> jax.Array:
   return jnp.where(exhausted, resolved, state.status).astype(jnp.int32)
 
 
-def summarize(problem, w: jax.Array, step, status) -> RunSummary:
-  """Final metrics of an end-to-end matrix ``w`` for ``problem``."""
+def summarize(problem, w: jax.Array, step, status, loss_kind: Optional[str] = "mean"
+              ) -> RunSummary:
+  """Final metrics of an end-to-end matrix ``w`` for ``problem``.
+
+  ``train_loss`` is the :func:`objective` of kind ``loss_kind``.
+  """
   sigma = metrics.singular_values(w)
   if problem.w_star is not None:
     truth = metrics.singular_values(problem.w_star)
     truth_nn, truth_er = metrics.nuclear_norm(truth), metrics.effective_rank(truth)
   else:
     truth_nn = truth_er = jnp.asarray(jnp.nan, w.dtype)
-  return RunSummary(step=step, status=status, train_loss=problem.loss(w),
+  return RunSummary(step=step, status=status, train_loss=objective(problem, w, loss_kind),
                     reconstruction_error=_reconstruction_error(problem, w),
                     test_error=_test_error(problem, w),
                     nuclear_norm=metrics.nuclear_norm(sigma),
@@ -333,8 +343,8 @@ def summarize(problem, w: jax.Array, step, status) -> RunSummary:
 def finalize(cfg: RunConfig, state: RunState) -> RunSummary:
   """Final metrics of a run (full singular spectrum)."""
   w = models.end_to_end(state.factors)
-  loss = state.problem.loss(w)
-  return summarize(state.problem, w, state.step, final_status(state, loss))
+  loss = objective(state.problem, w, cfg.loss)
+  return summarize(state.problem, w, state.step, final_status(state, loss), cfg.loss)
 
 
 def run(cfg: RunConfig, hp: Hyperparams, num_logs: int, problem=None):

@@ -351,3 +351,22 @@ def test_final_status_uses_the_same_rule():
   # A run still within budget keeps its status.
   cfg, state = _hand_state(max_steps=9, step=3)
   assert int(train.final_status(state, jnp.asarray(0.0))) == train.RUNNING
+
+
+def test_sum_loss_is_the_mean_times_the_count():
+  """loss='sum' (Razin & Cohen's): GD with lr equals loss='mean' GD with lr * k."""
+  cfg_sum = dataclasses.replace(GD_CFG, loss="sum")
+  k = GD_CFG.n_obs
+  hp_sum = train.Hyperparams.make(seed=[0], problem_seed=[0], init_scale=0.1, lr=[1e-2 / k],
+                                  stop_loss=0.0, max_steps=[60])
+  hp_mean = train.Hyperparams.make(seed=[0], problem_seed=[0], init_scale=0.1, lr=[1e-2],
+                                   stop_loss=0.0, max_steps=[60])
+  s_sum = _numpy(train.batched(cfg_sum, 2).advance(train.batched(cfg_sum, 2).init(hp_sum))[0])
+  s_mean = _numpy(train.batched(GD_CFG, 2).advance(train.batched(GD_CFG, 2).init(hp_mean))[0])
+  for a, b in zip(s_sum.factors, s_mean.factors):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(s_sum.loss, k * s_mean.loss, rtol=1e-4)
+  w = jnp.asarray(s_sum.factors[2][0] @ s_sum.factors[1][0] @ s_sum.factors[0][0])
+  problem = jax.tree_util.tree_map(lambda x: x[0], s_sum.problem)
+  assert float(train.objective(problem, w, "sum")) == pytest.approx(
+      k * float(train.objective(problem, w, "mean")), rel=1e-5)

@@ -5,7 +5,7 @@ parts) and a manifest:
 
 * ``OUT/runs``: one row per run (its configuration and final metrics),
 * ``OUT/trajectories``: one row per run per logged step,
-* ``OUT/manifest.json``.
+* ``OUT/manifests/``: one manifest per invocation (version 1: ``manifest.json``).
 
 Everything here reads only those tables and returns pandas DataFrames, so a
 notebook session looks like::
@@ -30,7 +30,6 @@ of runs that recover per cell of a phase diagram.
 
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -38,7 +37,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from dmfjax import fields, results
+from dmfjax import fields, reading, results
 
 SCHEMA_VERSION = results.SCHEMA_VERSION
 
@@ -59,36 +58,56 @@ def _table_path(results_dir, table: str) -> Path:
     raise FileNotFoundError(
         f"{root}: no {table!r} table (expected parquet files under {path}); "
         "is this a dmfjax results directory?")
-  if path.is_dir() and not any(path.rglob("*.parquet")):
+  if path.is_dir() and not results.table_files(root, table):
     raise FileNotFoundError(f"{path}: the {table!r} table has no parquet files")
   return path
 
 
+def _load(results_dirs, table, columns, filter_, run_ids=None):
+  for d in results_dirs:
+    _table_path(d, table)
+  return reading.load(results_dirs, table, columns, filter_, run_ids)
+
+
+def load_manifests(results_dir) -> list[dict]:
+  """Every invocation's manifest, oldest first (``OUT/manifests/*.json``).
+
+  A version-1 directory's single ``manifest.json`` comes first.
+  """
+  return reading.manifests(Path(results_dir).expanduser())
+
+
 def load_manifest(results_dir) -> dict:
-  """The results directory's ``manifest.json`` (an empty dict when absent)."""
-  path = Path(results_dir).expanduser() / "manifest.json"
-  if not path.exists():
-    return {}
-  return json.loads(path.read_text())
+  """The latest invocation's manifest (an empty dict when there is none)."""
+  manifests = load_manifests(results_dir)
+  return manifests[-1] if manifests else {}
 
 
-def load_runs(*results_dirs, **filters) -> pd.DataFrame:
+def load_runs(*results_dirs, columns: Sequence[str] | None = None, **filters) -> pd.DataFrame:
   """The runs tables of one or more results directories, concatenated.
 
   Args:
-    *results_dirs: directories written by the sweep driver.
-    **filters: column = value (or list of values) filters, as in :func:`select`.
+    *results_dirs: directories written by the sweep driver (schema version 1
+      or 2).
+    columns: load only these columns (``run_id`` is always loaded).
+    **filters: column = value (or list of values, or None) filters, as in
+      :func:`select`; pushed down to Parquet (files and row groups that
+      cannot match are not read).
 
   Returns:
-    One row per run; ``singular_values`` holds numpy arrays.
+    One row per run; integer columns are nullable ``Int64`` (null where a
+    field does not apply), booleans ``boolean``, low-cardinality strings
+    categorical, timestamps UTC; ``singular_values`` holds numpy arrays.
   """
   if not results_dirs:
     raise ValueError("load_runs: pass at least one results directory")
-  tables = []
-  for d in results_dirs:
-    _table_path(d, results.RUNS)
-    tables.append(results.read_table(d, results.RUNS))  # skips foreign files
-  runs = pd.concat(tables, ignore_index=True) if len(tables) > 1 else tables[0]
+  if columns is not None:
+    columns = ["run_id"] + [c for c in columns if c != "run_id"]
+    columns += [c for c in filters if c not in columns and c in results.RUNS_SCHEMA.names]
+  ids = filters.pop("run_id", None)
+  ids = None if ids is None else ([ids] if isinstance(ids, str) else list(ids))
+  runs = reading.frame(_load(results_dirs, results.RUNS, columns,
+                      reading.pushdown(filters, results.RUNS_SCHEMA), ids))
   duplicated = runs["run_id"].duplicated()
   if duplicated.any():
     warnings.warn(f"load_runs: {int(duplicated.sum())} run_id(s) appear more "
@@ -97,29 +116,40 @@ def load_runs(*results_dirs, **filters) -> pd.DataFrame:
 
 
 def load_trajectories(*results_dirs, runs: pd.DataFrame | None = None,
+                      run_ids: Iterable[str] | None = None,
+                      columns: Sequence[str] | None = None,
                       with_config: bool = True) -> pd.DataFrame:
   """The trajectories tables of one or more results directories.
 
   Args:
-    *results_dirs: directories written by the sweep driver.
+    *results_dirs: directories written by the sweep driver (version-1 column
+      names are mapped to version 2's ``step_*`` names).
     runs: if given, keep only these runs' trajectories.
+    run_ids: if given, keep only these runs' trajectories (pushed down: only
+      the files and row groups holding them are read).
+    columns: trajectory columns to load (``run_id`` and ``step`` always).
     with_config: join the run configuration (method, depth, ...) on run_id,
-      from ``runs`` if given, else from the directories' runs tables.
+      from ``runs`` if given, else from the directories' runs tables (only
+      the runs loaded).
 
   Returns:
     One row per run per logged step, sorted by run_id and step.
   """
   if not results_dirs:
     raise ValueError("load_trajectories: pass at least one results directory")
-  tables = []
-  for d in results_dirs:
-    _table_path(d, results.TRAJECTORIES)
-    tables.append(results.read_table(d, results.TRAJECTORIES))
-  traj = pd.concat(tables, ignore_index=True) if len(tables) > 1 else tables[0]
+  wanted = None
   if runs is not None:
-    traj = traj[traj["run_id"].isin(runs["run_id"])]
+    wanted = set(runs["run_id"])
+  if run_ids is not None:
+    run_ids = [run_ids] if isinstance(run_ids, str) else run_ids
+    wanted = set(run_ids) if wanted is None else wanted & set(run_ids)
+  if columns is not None:
+    columns = ["run_id", "step"] + [c for c in columns if c not in ("run_id", "step")]
+  traj = reading.frame(_load(results_dirs, results.TRAJECTORIES, columns, None, wanted),
+                nullable=False)
   if with_config:
-    config = runs if runs is not None else load_runs(*results_dirs)
+    config = runs if runs is not None else load_runs(
+        *results_dirs, **({} if wanted is None else {"run_id": sorted(wanted)}))
     traj = join_config(traj, config)
   return traj.sort_values(["run_id", "step"], kind="stable").reset_index(drop=True)
 

@@ -1,7 +1,8 @@
-"""The ``dmfjax`` command: ``sweep``, ``report``, ``specs``.
+"""The ``dmfjax`` command: ``sweep``, ``report``, ``compact``, ``specs``.
 
     dmfjax sweep --spec quickstart --out results/qs [--set depth=2,3] [--dry_run]
     dmfjax report --results results/qs --out results/qs/report
+    dmfjax compact results/qs
     dmfjax specs
 
 Kept short on purpose: flags become arguments of ``sweep.run_sweep`` and
@@ -62,6 +63,12 @@ def _parser() -> argparse.ArgumentParser:
   s.add_argument("--norepack", dest="repack", action="store_false", help=argparse.SUPPRESS)
   _flag(s, "workers", type=int, help="worker processes (default: cores on a CPU, else 1)")
   _flag(s, "report", action="store_true", help="write the report under OUT/report at the end")
+  _flag(s, "compact", action=argparse.BooleanOptionalAction, default=True,
+        help="compact the store's small files at the end (default: on)")
+  s.add_argument("--nocompact", dest="compact", action="store_false", help=argparse.SUPPRESS)
+  _flag(s, "wait", action="store_true",
+        help="wait for another sweep of the same shard into --out to finish "
+             "(default: exit 2 naming it)")
   _flag(s, "compile_cache", metavar="DIR",
         help="JAX's persistent compilation cache (default: $JAX_COMPILATION_CACHE_DIR or "
              "~/.cache/dmfjax/jax; 'none': off)")
@@ -71,6 +78,9 @@ def _parser() -> argparse.ArgumentParser:
   _flag(r, "theory", action="store_true", help="add the numerical checks of the theory")
   _flag(r, "recovery_threshold", type=float, default=1e-3,
         help="reconstruction error counted as recovering W*")
+  c = sub.add_parser("compact", help="rewrite a results directory's small files into "
+                     "large ones (atomic; safe while sweeps write)")
+  c.add_argument("out", help="the results directory")
   sub.add_parser("specs", help="list the shipped specs")
   return top
 
@@ -96,7 +106,8 @@ def _sweep(args) -> int:
   compile_cache.enable(args.compile_cache)
   try:
     p = sweep.run_sweep(spec, args.out, args.num_shards, args.shard_index, budget,
-                        repack=args.repack, workers=args.workers)
+                        repack=args.repack, workers=args.workers, compact=args.compact,
+                        wait=args.wait)
   except workers.WorkerError as e:
     print(f"error: {e}\n[dmfjax] runs that finished are written under {args.out}; "
           "run the same command again to resume.", file=sys.stderr)
@@ -132,6 +143,24 @@ def _report(args) -> int:
   return 0
 
 
+def _compact(args) -> int:
+  from dmfjax import compaction, recovery, results
+  out = pathlib.Path(args.out)
+  if not (out / results.RUNS).is_dir():
+    raise results.ResultsError(f"results: {args.out!r} is not a dmfjax results directory "
+                               "(no runs/ table)")
+  for msg in recovery.recover(out):
+    print(f"[dmfjax] {msg}", file=sys.stderr)
+  try:
+    f = compaction.compact(out)
+  except compaction.Busy as e:
+    print(f"error: {e}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+  print(f"compacted {f['rewritten']} files into {f['written']} in {f['seconds']:.1f}s: "
+        f"{f['files_before']} -> {f['files_after']} data files under {args.out}")
+  return 0
+
+
 def _specs(args) -> int:
   del args
   for name, path in specs.shipped().items():
@@ -144,7 +173,8 @@ def main(argv=None) -> int:
   args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
   from dmfjax import results, spec as spec_lib
   try:
-    return {"sweep": _sweep, "report": _report, "specs": _specs}[args.command](args)
+    return {"sweep": _sweep, "report": _report, "compact": _compact,
+            "specs": _specs}[args.command](args)
   except (spec_lib.SpecError, results.ResultsError, FileNotFoundError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return EXIT_BAD_INPUT

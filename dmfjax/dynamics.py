@@ -1,8 +1,8 @@
 """Dynamics: tables over training steps, from the trajectories table.
 
 The trajectories table has one row per run per logged step (``step``,
-``train_loss``, ``reconstruction_error``, ``singular_values`` (top_k), the
-alignment columns, ...). These functions turn it into the long or wide tables
+``step_train_loss``, ``step_reconstruction_error``, ``step_singular_values``
+(top_k), the alignment columns, ...). These functions turn it into the long or wide tables
 behind the dynamics figures (paper figure 3, the alignment panel, learning
 curves); like ``analysis``, they read only the table.
 """
@@ -24,7 +24,7 @@ def singular_value_table(trajectories: pd.DataFrame, top: int = 10
   """
   rows = []
   for run_id, step, values in zip(trajectories["run_id"], trajectories["step"],
-                                  trajectories["singular_values"]):
+                                  trajectories["step_singular_values"]):
     if values is None:
       continue
     values = np.asarray(values, dtype=float)[:top]
@@ -55,7 +55,7 @@ def alignment_table(trajectories: pd.DataFrame, top: int = 10) -> pd.DataFrame:
   return pd.DataFrame(rows)
 
 
-def learning_curves(trajectories: pd.DataFrame, metric: str = "train_loss",
+def learning_curves(trajectories: pd.DataFrame, metric: str = "step_train_loss",
                     by: Sequence[str] = ("depth",)) -> pd.DataFrame:
   """``metric`` over steps aggregated over the runs of each ``by`` group.
 

@@ -12,7 +12,10 @@ For each batch of a compiled group (``planner``):
   ``batching.repack`` decides whether stopped runs are written and the batch
   shrinks; a nuclear-norm batch is one call of ``nuclear_norm.batched``;
 * finished runs are committed atomically (``results.Writer``) as rows built
-  by ``rows``.
+  by ``rows``. A run's ``started_at`` is when its batch started; the writer
+  stamps ``finished_at`` (the commit) and ``wall_seconds`` = the difference:
+  the run's wall time in its batch, shared with its batch mates up to the
+  point where it was written (a batch's runs run simultaneously).
 
 On a multi-core CPU the batches are spread over single-threaded worker
 processes (``dmfjax.workers``), each running this same code on the batches it
@@ -23,14 +26,13 @@ from __future__ import annotations
 
 import math
 import signal
-import time
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from dmfjax import (batching, fields, nuclear_norm, numerics, ratings, results, rows, train,
-                    workers as workers_lib)
+from dmfjax import (batching, datafiles, fields, nuclear_norm, numerics, provenance, results,
+                    rows, sparse, train, workers as workers_lib)
 from dmfjax.planner import Group, Plan
 from dmfjax.progress import CACHE_HIT_EVENT, COMPILE_EVENT, ForwardedProgress, Progress
 
@@ -40,12 +42,8 @@ class Interrupted(Exception):
 
 
 def _shared_problem(run: dict):
-  """A ratings batch's one data split (None for synthetic problems)."""
-  if run["problem"] != "ratings":
-    return None
-  data = ratings.load(run["data"])
-  return ratings.problem(data, run["test_fraction"], run["problem_seed"],
-                         numerics.resolve_dtype(run["dtype"]))
+  """The one problem of a batch with a data file (None for synthetic problems)."""
+  return datafiles.problem(run, numerics.resolve_dtype(run["dtype"]))
 
 
 def _hyperparams(batch: list, slots: list, dtype):
@@ -94,12 +92,12 @@ class Executor:
     cfg = g.config
     num_logs = max(1, math.ceil(self.plan.chunk_steps / cfg.log_every))
     chunk = num_logs * cfg.log_every
-    problem = _shared_problem(batch[0])
+    problem = sparse.maybe_sparse(_shared_problem(batch[0]), cfg)
     fns = train.batched(cfg, num_logs, shared_problem=problem is not None)
     size = batching.padded(len(batch), self.plan.num_devices)
     slots = list(range(len(batch))) + [None] * (size - len(batch))
     max_steps = [batch[i]["max_steps"] if i is not None else 0 for i in slots]
-    t0 = time.perf_counter()
+    started = provenance.utc_now()
     hp = self._put(_hyperparams(batch, slots, cfg.jnp_dtype))
     state = fns.init(hp, problem) if problem is not None else fns.init(hp)
     trajectories = {i: [] for i in range(len(batch))}
@@ -126,8 +124,7 @@ class Executor:
                                  stop=self.stop_requested)
       if decision.done:
         summary = jax.device_get(fns.finalize(state))
-        wall = time.perf_counter() - t0
-        self._commit([rows.run_row(batch[slots[s]], summary, s, wall_seconds=wall)
+        self._commit([rows.run_row(batch[slots[s]], summary, s, started_at=started)
                       for s in decision.done],
                      [row for s in decision.done for row in trajectories.pop(slots[s])])
       if decision.ends:
@@ -149,14 +146,13 @@ class Executor:
     size = batching.padded(len(batch), self.plan.num_devices)
     slots = list(range(len(batch))) + [None] * (size - len(batch))
     solve = nuclear_norm.batched(cfg, shared is not None)
-    t0 = time.perf_counter()
+    started = provenance.utc_now()
     hp = self._put(_hyperparams(batch, slots, cfg.jnp_dtype))
     res, summary = jax.device_get(solve(hp, shared) if shared is not None else solve(hp))
-    wall = time.perf_counter() - t0
     self.writer.write(
         [rows.run_row(r, summary, s, status="converged" if bool(res.converged[s]) else "budget",
                       solver_iterations=int(res.iterations[s]),
-                      optimality_gap=float(res.optimality_gap[s]), wall_seconds=wall)
+                      optimality_gap=float(res.optimality_gap[s]), started_at=started)
          for s, r in enumerate(batch)], [])
     self.progress.update(done=len(batch), label=g.label, force=True)
 
@@ -165,11 +161,16 @@ class Executor:
 # Worker processes (``dmfjax.workers``): one Executor per process.
 
 
-def _worker(index: int, next_task, emit, plan: Plan, out: str, tag: str, repack: bool):
-  """A worker process: runs the batches it is handed, commits their runs."""
+def _worker(index: int, next_task, emit, plan: Plan, out: str, tag: str, repack: bool,
+            stamp: dict, invocation_id: str):
+  """A worker process: runs the batches it is handed, commits their runs.
+
+  It writes under the sweep process's shard lock (it dies with that process).
+  """
   progress = ForwardedProgress(emit)
-  executor = Executor(plan, results.Writer(out, tag=f"{tag}-w{index}"), progress,
-                      repack=repack)
+  writer = results.Writer(out, tag=f"{tag}-w{index}", stamp=stamp,
+                          invocation_id=invocation_id)
+  executor = Executor(plan, writer, progress, repack=repack)
 
   def on_sigint(signum, frame):
     executor.stop_requested = True  # finish the chunk, write, stop
@@ -186,7 +187,10 @@ def _worker(index: int, next_task, emit, plan: Plan, out: str, tag: str, repack:
 
 
 def execute_in_workers(executor: Executor, out, tag: str):
-  """Runs the plan's batches on ``plan.workers`` worker processes."""
+  """Runs the plan's batches on ``plan.workers`` worker processes.
+
+  They commit with the executor's writer's provenance and invocation id.
+  """
   p, progress = executor.plan, executor.progress
 
   def on_event(kind, index, payload):
@@ -199,7 +203,8 @@ def execute_in_workers(executor: Executor, out, tag: str):
 
   num_batches = len(p.batches())
   workers_lib.run(min(p.workers, num_batches), num_batches, _worker,
-                  (p, str(out), tag, executor.repack), on_event,
+                  (p, str(out), tag, executor.repack, executor.writer.stamp,
+                   executor.writer.invocation_id), on_event,
                   stop_requested=lambda: executor.stop_requested,
                   env=workers_lib.single_thread_environment())
   executor.check_interrupt()

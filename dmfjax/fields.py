@@ -53,7 +53,8 @@ class Field:
     neutral: for a field added after runs were first stored, the value that
       reproduces the behaviour from before it existed; ``run_id`` leaves the
       field out while it holds that value (or None), so the runs stored before
-      keep their ids. None: the field always counts.
+      keep their ids. ALWAYS: the field always counts.
+    computed: set by ``spec.expand`` (from a data file), not by a spec.
   """
   name: str
   type: str
@@ -63,12 +64,17 @@ class Field:
   applies: str = ALL
   nullable: bool = False
   batched_for: tuple = ()
-  neutral: Any = None
+  neutral: Any = "<always>"
+  computed: bool = False
+
+
+ALWAYS = "<always>"
 
 
 def _f(name, type_, default, doc, role=STATIC, applies=ALL, nullable=False, batched_for=(),
-       neutral=None):
-  return Field(name, type_, default, doc, role, applies, nullable, batched_for, neutral)
+       neutral=ALWAYS, computed=False):
+  return Field(name, type_, default, doc, role, applies, nullable, batched_for, neutral,
+               computed)
 
 
 # The order is the order of the runs table's configuration columns.
@@ -77,7 +83,8 @@ RUN_FIELDS: tuple[Field, ...] = (
     _f("problem", "str", "completion", "'completion', 'sensing' or 'ratings'"),
     _f("n_rows", "int", 100, "rows n of W* (ratings: from the file)"),
     _f("n_cols", "int", 100, "columns m of W* (ratings: from the file)"),
-    _f("rank", "int", 5, "rank of W*", applies=SYNTHETIC),
+    _f("rank", "int", 5, "rank of W* (from a problem_file: its W*'s; None without one)",
+       applies=SYNTHETIC, nullable=True),
     _f("n_obs", "int", 2000,
        "observed entries / measurements (ratings: training ratings); a batched number for "
        "completion, a shape for sensing", batched_for=("completion",)),
@@ -87,6 +94,12 @@ RUN_FIELDS: tuple[Field, ...] = (
        role=DYNAMIC, nullable=True),
     _f("data", "str", None, "ratings: path of a MovieLens u.data file", applies=RATINGS,
        nullable=True),
+    _f("problem_file", "str", None,
+       "completion/sensing from a file instead of the synthetic W*: .npz/.npy holding W*, "
+       "or mask + observed (dmfjax.datafiles)", applies=SYNTHETIC, nullable=True,
+       neutral=None),
+    _f("data_sha256", "str", None, "SHA-256 of the run's data or problem file (computed)",
+       nullable=True, neutral=None, computed=True),
     _f("test_fraction", "float", 0.1, "ratings: held-out fraction of the ratings",
        applies=RATINGS),
     _f("depth", "int", 3, "N >= 1 factors (1: gradient descent on W itself)", applies=DMF),
@@ -138,8 +151,8 @@ DYNAMIC_FIELDS = tuple(f.name for f in RUN_FIELDS if f.role == DYNAMIC or f.batc
 LOSSES = ("mean", "sum")
 
 # A spec holds every run field as a value or a list (a grid axis), except
-# 'seed', which it gives as 'seeds'; and the sweep fields.
-GRID_FIELDS = tuple(n for n in RUN_FIELD_NAMES if n != "seed")
+# 'seed', which it gives as 'seeds', and the computed ones; and the sweep fields.
+GRID_FIELDS = tuple(f.name for f in RUN_FIELDS if f.name != "seed" and not f.computed)
 SPEC_FIELDS = (SWEEP_FIELDS[0],) + tuple(BY_NAME[n] for n in GRID_FIELDS) + SWEEP_FIELDS[1:]
 
 # Runs-table columns that describe what was run (config), and the seeds.

@@ -22,7 +22,7 @@ from typing import Optional
 
 import jax
 
-from dmfjax import optimizers, ratings, results, spec as spec_lib, train
+from dmfjax import datafiles, optimizers, results, spec as spec_lib, train
 from dmfjax.batching import padded
 
 
@@ -32,8 +32,7 @@ class Group:
 
   Attributes:
     config: their static configuration.
-    key: the grouping key (the config, plus the problem seed of a ratings
-      group, whose batches share one data split).
+    key: the grouping key (:func:`group_key`).
     runs: the run dicts, sorted by run_id.
     per_run_bytes: the memory estimate of one run in a batch.
     batch_size: runs per batch (the last batch may hold fewer).
@@ -118,8 +117,13 @@ class Plan:
 
 
 def group_key(run: dict) -> tuple:
+  """Runs with equal keys share a compiled program and may share a batch.
+
+  A run with a data file (ratings, or a problem_file) gets its problem built
+  on the host and shared by its batch, so its key holds the problem seed too.
+  """
   config = train.RunConfig.from_run(run)
-  if run["problem"] == "ratings":  # one shared data split per batch
+  if datafiles.path_of(run) is not None:
     return (config, run["problem_seed"])
   return (config,)
 
@@ -178,12 +182,6 @@ def shard_of(run_id: str, num_shards: int) -> int:
   return int(run_id, 16) % num_shards
 
 
-def _ratings_info(path, test_fraction):
-  data = ratings.load(path)
-  n_test = int(round(test_fraction * len(data)))
-  return data.n_items, data.n_users, len(data) - n_test
-
-
 def _check_int(name: str, value, low: int, high: Optional[int] = None) -> None:
   if (not isinstance(value, int) or isinstance(value, bool) or value < low
       or (high is not None and value >= high)):
@@ -207,7 +205,7 @@ def plan(spec: spec_lib.Spec, out, num_shards: int = 1, shard_index: int = 0,
   _check_int("workers", workers, 1)
   _check_int("num_shards", num_shards, 1)
   _check_int("shard_index", shard_index, 0, num_shards)
-  runs = spec_lib.expand(spec, _ratings_info)
+  runs = spec_lib.expand(spec)
   runs = [r for r in runs if shard_of(r["run_id"], num_shards) == shard_index]
   problems: list[str] = []
   finished = results.finished_run_ids(out, problems) if out is not None else set()

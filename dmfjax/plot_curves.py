@@ -42,12 +42,16 @@ SHORT_LABELS = {
     "nuclear_norm": r"$\|W\|_*$",
     "effective_rank": r"$\mathrm{erank}(W)$",
 }
+# Trajectory columns hold the same metrics per step (``step_<metric>``).
+METRIC_LABELS.update({f"step_{k}": v for k, v in list(METRIC_LABELS.items())})
+SHORT_LABELS.update({f"step_{k}": v for k, v in list(SHORT_LABELS.items())})
 INIT_NORM_LABEL = r"$\|W(0)\|_F$"
 N_OBS_LABEL = r"number of observations $|\Omega|$"
 SIGMA_LABEL = r"singular values $\sigma_i(W)$"
 ALIGNMENT_LABEL = r"$|(U^\top \nabla\ell(W)\, V)_{rs}|$"
-LOG_METRICS = ("reconstruction_error", "test_error", "train_loss")
-LEARNING_METRICS = ("train_loss", "reconstruction_error")
+LOG_METRICS = ("reconstruction_error", "test_error", "train_loss", "step_reconstruction_error",
+               "step_test_error", "step_train_loss")
+LEARNING_METRICS = ("step_train_loss", "step_reconstruction_error")
 DIVERGED_COLOR = "red"
 MEDIAN_COLOR = "0.3"
 NN_COLOR = "black"
@@ -230,7 +234,7 @@ def plot_learning_curves(trajectories: pd.DataFrame,
               label=f"depth {int(depth)} ({group['run_id'].nunique()} runs)")
     stop = trajectories["stop_loss"].dropna().unique() if (
         "stop_loss" in trajectories) else []
-    if metric == "train_loss" and len(stop) == 1:
+    if metric == "step_train_loss" and len(stop) == 1:
       ax.axhline(float(stop[0]), color="gray", linestyle=":", linewidth=1,
                  label=f"stop loss {float(stop[0]):g}")
     ax.set_yscale("log")

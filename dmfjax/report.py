@@ -184,7 +184,7 @@ def _learning(rep: _Report, runs: pd.DataFrame, trajectories: pd.DataFrame | Non
     n_obs = min(counts[counts == counts.max()].index)
     fixed, chosen = fix_settings(analysis.select(group_runs, n_obs=n_obs))
     traj = group[group["run_id"].isin(fixed["run_id"])]
-    metrics = [m for m in ("train_loss", "reconstruction_error", "test_error")
+    metrics = [m for m in ("step_train_loss", "step_reconstruction_error", "step_test_error")
                if m in traj and np.isfinite(traj[m].to_numpy(float)).any()]
     if not metrics:
       continue
@@ -207,7 +207,7 @@ def _dynamics(rep: _Report, runs: pd.DataFrame, trajectories: pd.DataFrame | Non
   from dmfjax import plots  # pylint: disable=import-outside-toplevel
   if trajectories is None or not len(trajectories):
     return
-  has_sv = trajectories["singular_values"].notna()
+  has_sv = trajectories["step_singular_values"].notna()
   for (sweep, problem), group in trajectories[has_sv].groupby(
       ["sweep", "problem"], sort=True, dropna=False):
     if group["step"].nunique() < 2:

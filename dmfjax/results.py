@@ -1,27 +1,48 @@
-"""Results are data: the Parquet dataset a sweep writes.
+"""Results are data: a Parquet store that is safe to read while it is written.
 
 Layout under the output directory ``OUT``::
 
-    OUT/manifest.json          schema version, spec, dmfjax version (last writer)
-    OUT/runs/part-*.parquet    one row per finished run
-    OUT/trajectories/part-*.parquet   one row per run per logged step
+    OUT/runs/*.parquet                one row per finished run (committed files only)
+    OUT/trajectories/*.parquet        one row per run per logged step (committed only)
+    OUT/manifests/<invocation>.json   one per invocation (sweep, compact); never overwritten
+    OUT/_log/                         the transaction log (``txlog``)
+    OUT/_staging/<writer>/            files being written, not yet committed
+    OUT/_quarantine/                  corrupt or foreign files moved aside, and why
+    OUT/_locks/                       writer, commit and compaction locks (``locks``)
 
-Both tables are plain Parquet (``pandas.read_parquet(OUT / "runs")``, DuckDB's
-``read_parquet('OUT/runs/*.parquet')``), with the columns of
-:data:`RUNS_SCHEMA` and :data:`TRAJECTORIES_SCHEMA` (documented in README.md)
-and ``schema_version`` in every runs row and in the file metadata.
+Nothing but committed data is ever under ``runs/`` and ``trajectories/``, so
+a bare glob (DuckDB's ``'OUT/runs/*.parquet'``, ``polars.scan_parquet``,
+``pandas.read_parquet('OUT/runs')``) reads exactly the committed rows, at any
+moment: during a sweep, during a compaction, after a kill. Both tables are
+plain Parquet with the columns of :data:`RUNS_SCHEMA` and
+:data:`TRAJECTORIES_SCHEMA` (README "Results schema"); column names mean one
+thing across both, so ``runs JOIN trajectories USING (run_id)`` needs no
+aliases. Every file carries ``dmfjax_schema_version`` in its metadata and
+Parquet page checksums.
 
-Writes are atomic and ordered: a part's trajectories file is written first,
-then its runs file, each to a hidden temporary name and ``os.replace``d into
-place. The runs file is the commit point: a run is finished iff its run_id is
-in ``runs/``. On resume, temporary files and trajectory parts without their
-runs part (left by a kill between the two renames) are removed, so nothing is
-duplicated. Files that cannot be read, or carry another schema version, are
-reported with their path and ignored (their runs are re-run).
+Commit protocol (``Writer.write``, one batch of finished runs):
+
+1. the batch's runs file and trajectories file are written under
+   ``_staging/<writer>/`` with a unique name and fsynced;
+2. under the commit lock, a log entry naming both files (rows, bytes,
+   SHA-256, run_id range) is written and fsynced. This is the commit point;
+3. the trajectories file, then the runs file, is renamed into its table.
+
+A kill before 2 leaves staging files that the next writer removes; a kill
+between 2 and 3 leaves a logged commit that the next writer completes (roll
+forward: the files are whole and their checksums known). Readers never see a
+file before it is whole. A run is finished iff its runs row and all its
+trajectory rows (``trajectory_rows``, counted at commit) are in committed
+files whose bytes hash to their recorded checksums; ``recovery`` checks that
+at the start of every sweep and quarantines, repairs and re-runs what fails.
+Compaction (``compaction``) replaces many small files by few large ones with
+one atomic directory exchange per table, so that a glob never sees a row
+twice or misses one. One sweep per shard writes at a time (``locks``).
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import pathlib
@@ -30,19 +51,23 @@ import warnings
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from dmfjax import fields
+from dmfjax import fields, locks, provenance, txlog
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 RUNS, TRAJECTORIES = "runs", "trajectories"
+STAGING, QUARANTINE, MANIFESTS = "_staging", "_quarantine", "manifests"
 
 _f64, _i64, _str, _bool = pa.float64(), pa.int64(), pa.string(), pa.bool_()
-
+_time = pa.timestamp("us", tz="UTC")
 _ARROW = {"int": _i64, "float": _f64, "bool": _bool, "str": _str}
 
 # Identity, then one column per run field (``dmfjax.fields``, in its order),
-# then what was measured.
+# then what was measured, then where and when (provenance).
 IDENTITY_COLUMNS = [("run_id", _str), ("schema_version", _i64), ("sweep", _str)]
 CONFIG_COLUMNS = [(f.name, _ARROW[f.type]) for f in fields.RUN_FIELDS]
 RESULT_COLUMNS = [
@@ -52,20 +77,39 @@ RESULT_COLUMNS = [
     ("truth_nuclear_norm", _f64), ("truth_effective_rank", _f64),
     ("singular_values", pa.list_(_f64)),
     ("solver_iterations", _i64), ("constraint_residual", _f64),
-    ("optimality_gap", _f64), ("wall_seconds", _f64),
+    ("optimality_gap", _f64),
 ]
-RUNS_SCHEMA = pa.schema(IDENTITY_COLUMNS + CONFIG_COLUMNS + RESULT_COLUMNS)
+PROVENANCE_COLUMNS = [
+    ("started_at", _time), ("finished_at", _time), ("wall_seconds", _f64),
+    ("trajectory_rows", _i64), ("invocation_id", _str), ("dmfjax_version", _str),
+    ("git_commit", _str), ("git_dirty", _bool), ("hostname", _str),
+    ("device_kind", _str), ("jax_version", _str),
+]
+RUNS_SCHEMA = pa.schema(IDENTITY_COLUMNS + CONFIG_COLUMNS + RESULT_COLUMNS
+                        + PROVENANCE_COLUMNS)
+# Filled by ``Writer.write`` at commit; the executor gives ``started_at``.
+COMMIT_COLUMNS = ("schema_version",) + tuple(
+    n for n, _ in PROVENANCE_COLUMNS if n != "started_at")
 
+# Per-step metrics are ``step_<metric>``: in the runs table the plain name is
+# the run's final value (version 1 used the same names in both tables).
+STEP_METRICS = ("train_loss", "reconstruction_error", "test_error", "nuclear_norm",
+                "effective_rank", "singular_values")
+V1_TRAJECTORY_NAMES = {m: f"step_{m}" for m in STEP_METRICS}
 TRAJECTORIES_SCHEMA = pa.schema([
-    ("run_id", _str), ("step", _i64), ("train_loss", _f64),
-    ("reconstruction_error", _f64), ("test_error", _f64),
-    ("nuclear_norm", _f64), ("effective_rank", _f64),
-    ("singular_values", pa.list_(_f64)), ("alignment_diag", pa.list_(_f64)),
+    ("run_id", _str), ("step", _i64), ("step_train_loss", _f64),
+    ("step_reconstruction_error", _f64), ("step_test_error", _f64),
+    ("step_nuclear_norm", _f64), ("step_effective_rank", _f64),
+    ("step_singular_values", pa.list_(_f64)), ("alignment_diag", pa.list_(_f64)),
     ("alignment_offdiag", _f64),
 ])
 
 SCHEMAS = {RUNS: RUNS_SCHEMA, TRAJECTORIES: TRAJECTORIES_SCHEMA}
-_META = {b"dmfjax_schema_version": str(SCHEMA_VERSION).encode()}
+SORT_KEYS = {RUNS: [("run_id", "ascending")],
+             TRAJECTORIES: [("run_id", "ascending"), ("step", "ascending")]}
+VERSION_KEY = b"dmfjax_schema_version"
+FILE_METADATA = {VERSION_KEY: str(SCHEMA_VERSION).encode()}
+WRITE_OPTIONS = dict(compression="snappy", write_page_checksum=True)
 
 
 class ResultsError(ValueError):
@@ -73,143 +117,280 @@ class ResultsError(ValueError):
 
 
 def _cell(value, type_: pa.DataType):
-  """None for missing values (NaN in a non-float column, pandas NA)."""
-  if value is None or value is pd.NA:
+  """None for missing values (NaN in a non-float column, pandas NA/NaT)."""
+  if value is None or value is pd.NA or value is pd.NaT:
     return None
   if isinstance(value, float) and value != value and not pa.types.is_floating(type_):
     return None
-  if pa.types.is_list(type_) and value is not None:
+  if pa.types.is_list(type_):
     return [float(v) for v in value]
   return value
 
 
 def _table(rows: list[dict], schema: pa.Schema) -> pa.Table:
   columns = {f.name: [_cell(r.get(f.name), f.type) for r in rows] for f in schema}
-  return pa.Table.from_pydict(columns, schema=schema.with_metadata(_META))
+  return pa.Table.from_pydict(columns, schema=schema.with_metadata(FILE_METADATA))
+
+
+def write_parquet(table: pa.Table, path, **options) -> None:
+  """Writes ``table`` with page checksums and fsyncs it."""
+  pq.write_table(table, path, **WRITE_OPTIONS, **options)
+  with open(path, "rb") as f:
+    os.fsync(f.fileno())
 
 
 class Writer:
-  """Writes parts of a results dataset atomically (see module docstring).
+  """Commits batches of finished runs into ``out`` (see the module docstring).
 
-  ``tag`` names this writer's parts (e.g. the shard), so that resume cleanup
-  only touches files that this writer's earlier incarnation left (worker
-  processes of a sweep write with ``<tag>-w<i>``, which the sweep's own
-  cleanup covers).
+  ``tag`` names this writer's files and its staging directory: the shard
+  (``s<I>of<K>``), and for a sweep's worker processes ``<shard>-w<i>``; they
+  write under the shard's lock, which the sweep process holds.
+  ``stamp`` (``provenance.collect()``) and ``invocation_id`` are stamped on
+  every runs row with the commit time.
   """
 
-  def __init__(self, out, tag: str = "s0of1"):
+  def __init__(self, out, tag: str = "s0of1", stamp: dict | None = None,
+               invocation_id: str | None = None):
     self.out = pathlib.Path(out)
     self.tag = tag
+    self.stamp = dict(stamp or {})
+    self.invocation_id = invocation_id or provenance.invocation_id()
+    self.staging = self.out / STAGING / tag
     try:
-      for sub in SCHEMAS:
+      for sub in (RUNS, TRAJECTORIES, txlog.LOG, MANIFESTS, locks.LOCKS):
         (self.out / sub).mkdir(parents=True, exist_ok=True)
-      probe = self.out / f".write-test-{uuid.uuid4().hex}"
+      probe = self.out / txlog.LOG / f".write-test-{uuid.uuid4().hex}"
       probe.write_bytes(b"")
       probe.unlink()
     except OSError as e:
       raise ResultsError(f"out: cannot write to output directory "
                          f"{str(self.out)!r}: {e.strerror or e}") from None
 
-  def cleanup(self) -> list[pathlib.Path]:
-    """Removes this tag's temporary files and orphan trajectory parts."""
-    removed = []
-    temporaries = [f".tmp-{self.tag}-*", f".tmp-part-{self.tag}-*"]
-    for sub in ("",) + tuple(SCHEMAS):
-      for pattern in temporaries:
-        for p in (self.out / sub).glob(pattern):
-          p.unlink(missing_ok=True)
-          removed.append(p)
-    committed = {p.name for p in (self.out / RUNS).glob("part-*.parquet")}
-    for p in (self.out / TRAJECTORIES).glob(f"part-{self.tag}-*.parquet"):
-      if p.name not in committed:
-        p.unlink(missing_ok=True)
-        removed.append(p)
-    return removed
+  def _stamp(self, run: dict, now, counts) -> dict:
+    row = dict(run, schema_version=SCHEMA_VERSION, finished_at=now,
+               trajectory_rows=counts.get(run["run_id"], 0),
+               invocation_id=self.invocation_id, **self.stamp)
+    started = row.get("started_at")
+    row["wall_seconds"] = (now - started).total_seconds() if started else None
+    return row
 
-  def quarantine(self) -> list[str]:
-    """Moves unreadable or foreign runs parts (and their trajectories) aside.
+  def _stage(self, table: str, name: str, data: pa.Table) -> dict:
+    (self.staging / table).mkdir(parents=True, exist_ok=True)
+    path = self.staging / table / name
+    write_parquet(data, path)
+    return dict(txlog.file_meta(path, data), schema=schema_id(table))
 
-    They are renamed ``_corrupt-<name>`` (Parquet readers skip names starting
-    with '_'), so their runs are re-run and never merged. Returns messages.
+  def write(self, runs: list[dict], trajectories) -> str:
+    """Commits one batch: its runs and their trajectory rows. Returns its name.
+
+    ``trajectories``: row dicts, or an Arrow table with (some of) the
+    trajectories table's columns.
     """
-    problems: list[str] = []
-    good = set(_valid_parts(self.out / RUNS, RUNS_SCHEMA, problems))
-    for p in sorted((self.out / RUNS).glob("part-*.parquet")):
-      if p not in good:
-        for sub in SCHEMAS:
-          q = self.out / sub / p.name
-          if q.exists():
-            os.replace(q, q.with_name("_corrupt-" + p.name))
-    return problems
-
-  def _write(self, sub: str, name: str, table: pa.Table) -> None:
-    tmp = self.out / sub / f".tmp-{name}"
-    pq.write_table(table, tmp)
-    with open(tmp, "rb") as f:
-      os.fsync(f.fileno())
-    os.replace(tmp, self.out / sub / name)
-
-  def write(self, runs: list[dict], trajectories: list[dict]) -> str:
-    """Commits one part: trajectories first, then runs. Returns its name."""
     if not runs:
       return ""
+    now = provenance.utc_now()
+    if isinstance(trajectories, pa.Table):
+      traj = conform(trajectories, TRAJECTORIES).replace_schema_metadata(FILE_METADATA)
+      counts = {c["values"]: c["counts"]
+                for c in pc.value_counts(traj.column("run_id")).to_pylist()}
+    else:
+      traj = _table(trajectories, TRAJECTORIES_SCHEMA) if trajectories else None
+      counts = collections.Counter(r["run_id"] for r in trajectories)
     name = f"part-{self.tag}-{uuid.uuid4().hex[:12]}.parquet"
-    runs = [dict(r, schema_version=SCHEMA_VERSION) for r in runs]
-    self._write(TRAJECTORIES, name, _table(trajectories, TRAJECTORIES_SCHEMA))
-    self._write(RUNS, name, _table(runs, RUNS_SCHEMA))
+    add = {}
+    if traj is not None and traj.num_rows:
+      add[TRAJECTORIES] = [self._stage(TRAJECTORIES, name, traj)]
+    add[RUNS] = [self._stage(RUNS, name, _table([self._stamp(r, now, counts) for r in runs],
+                                                RUNS_SCHEMA))]
+    source = str(self.staging.relative_to(self.out))
+    with locks.commit_lock(self.out):
+      txlog.commit(self.out, "append", add=add, source=source, writer=self.tag,
+                   invocation=self.invocation_id, runs=len(runs))
+      for table in (TRAJECTORIES, RUNS):
+        if table in add:
+          os.replace(self.staging / table / name, self.out / table / name)
+          txlog.fsync_dir(self.out / table)
     return name
 
-  def write_manifest(self, manifest: dict) -> None:
-    tmp = self.out / f".tmp-{self.tag}-manifest.json"
-    tmp.write_text(json.dumps(dict(manifest, schema_version=SCHEMA_VERSION),
+  def write_manifest(self, manifest: dict) -> pathlib.Path:
+    """Writes this invocation's manifest (``manifests/<invocation_id>.json``)."""
+    path = self.out / MANIFESTS / f"{self.invocation_id}.json"
+    tmp = path.with_name(f".tmp-{uuid.uuid4().hex}")
+    tmp.write_text(json.dumps(dict(manifest, schema_version=SCHEMA_VERSION,
+                                   invocation_id=self.invocation_id),
                               indent=2, default=str))
-    os.replace(tmp, self.out / "manifest.json")
+    os.replace(tmp, path)
+    return path
 
 
-def _valid_parts(directory: pathlib.Path, schema: pa.Schema,
-                 problems: list[str] | None = None) -> list[pathlib.Path]:
-  """Readable parts with this schema version; others reported and skipped."""
-  good = []
-  for p in sorted(directory.glob("part-*.parquet")):
-    try:
-      file_schema = pq.read_schema(p)
-      version = (file_schema.metadata or {}).get(b"dmfjax_schema_version")
-      if version != str(SCHEMA_VERSION).encode():
-        raise ResultsError(f"schema version {version!r}, expected {SCHEMA_VERSION}")
-      pq.ParquetFile(p).metadata  # footer readable
-      if not set(schema.names) <= set(file_schema.names):
-        raise ResultsError("missing columns "
-                           f"{sorted(set(schema.names) - set(file_schema.names))}")
-    except Exception as e:  # noqa: BLE001 - any unreadable file is reported
-      msg = f"skipping unreadable or foreign results file {p}: {e}"
-      warnings.warn(msg, stacklevel=3)
-      if problems is not None:
-        problems.append(msg)
-      continue
-    good.append(p)
-  return good
+# ---------------------------------------------------------------------------
+# Reading.
 
 
-def read_table(out, table: str = RUNS, problems: list[str] | None = None) -> pd.DataFrame:
-  """One table of a results directory as a DataFrame (bad parts skipped)."""
-  out = pathlib.Path(out)
+def table_files(out, table: str) -> list[pathlib.Path]:
+  """The data files of a table as a glob sees them (hidden names skipped)."""
+  directory = pathlib.Path(out) / table
+  try:
+    names = os.listdir(directory)
+  except FileNotFoundError:
+    return []
+  return [directory / n for n in sorted(names)
+          if n.endswith(".parquet") and not n.startswith((".", "_"))]
+
+
+def file_version(schema: pa.Schema) -> int | None:
+  raw = (schema.metadata or {}).get(VERSION_KEY)
+  try:
+    return int(raw)
+  except (TypeError, ValueError):
+    return None
+
+
+def schema_id(table: str) -> str:
+  """A fingerprint of a table's current columns (recorded per file in the log)."""
+  return txlog.sha256_bytes(str(SCHEMAS[table]).encode())[:12]
+
+
+def _absent(data: pa.Table, name: str, type_: pa.DataType) -> pa.Array:
+  """A column the file predates: null, or a run field's neutral value (the
+  value that reproduces the behaviour from before the field existed) in the
+  rows it applies to."""
+  field = fields.BY_NAME.get(name)
+  neutral = getattr(field, "neutral", None)
+  if field is None or neutral is None or neutral == getattr(fields, "ALWAYS", None) or not {
+      "method", "problem"} <= set(data.column_names):
+    return pa.nulls(data.num_rows, type_)
+  cells = [neutral if fields.applies_to(name, m, p) else None
+           for m, p in zip(data.column("method").to_pylist(), data.column("problem").to_pylist())]
+  return pa.array(cells, type_)
+
+
+def conform(data: pa.Table, table: str, columns=None) -> pa.Table:
+  """A table of any readable version as the current schema's ``columns``.
+
+  Version 1's trajectory names are mapped; columns a file predates (a run
+  field added since) are filled by :func:`_absent`.
+  """
   schema = SCHEMAS[table]
-  directory = out / table
-  if not directory.is_dir():
+  if table == TRAJECTORIES:
+    data = data.rename_columns([V1_TRAJECTORY_NAMES.get(n, n) if n not in schema.names
+                                else n for n in data.column_names])
+  names = schema.names if columns is None else list(columns)
+  arrays = []
+  for name in names:
+    field = schema.field(name)
+    if name in data.column_names:
+      arrays.append(data.column(name).cast(field.type))
+    else:
+      arrays.append(_absent(data, name, field.type))
+  return pa.table(arrays, schema=pa.schema([schema.field(n) for n in names]))
+
+
+def read_file(path, table: str, columns=None, filter=None, data=None) -> pa.Table:
+  """One data file, whole (page checksums verified), as the current schema.
+
+  Raises ResultsError for a foreign file (another schema version, missing
+  columns); pyarrow's errors for an unreadable one.
+  """
+  source = pa.BufferReader(data) if data is not None else path
+  raw = pq.read_table(source, page_checksum_verification=True)
+  version = file_version(raw.schema)
+  if version not in READABLE_VERSIONS:
+    raise ResultsError(f"schema version {version}, expected one of {READABLE_VERSIONS}")
+  missing = {"run_id"} - set(raw.column_names)
+  if missing:
+    raise ResultsError(f"missing columns {sorted(missing)}")
+  out = conform(raw, table)
+  if filter is not None:
+    out = out.filter(filter)
+  return out.select(columns) if columns is not None else out
+
+
+def _skip(path, error, problems) -> None:
+  msg = f"skipping unreadable or foreign results file {path}: {error}"
+  warnings.warn(msg, stacklevel=4)
+  if problems is not None:
+    problems.append(msg)
+
+
+def _read_once(out, table, columns, filter, run_ids, problems) -> pa.Table:
+  state = txlog.load(out)
+  logged = state.files[table]
+  files = table_files(out, table)
+  if run_ids is not None:  # the log knows each file's run_id range
+    lo, hi = min(run_ids, default=""), max(run_ids, default="")
+    files = [p for p in files if p.name not in logged
+             or logged[p.name]["min_run_id"] is None
+             or not (logged[p.name]["max_run_id"] < lo or logged[p.name]["min_run_id"] > hi)]
+  # Files with the current columns in one scan; older ones one by one (conform).
+  fast = [p for p in files if logged.get(p.name, {}).get("schema") == schema_id(table)]
+  pieces = []
+  if fast:
+    scan = ds.ParquetFileFormat(default_fragment_scan_options=ds.ParquetFragmentScanOptions(
+        page_checksum_verification=True))
+    try:
+      pieces.append(ds.dataset([str(p) for p in fast], schema=SCHEMAS[table], format=scan)
+                    .to_table(columns=columns, filter=filter))
+    except FileNotFoundError:
+      raise
+    except Exception:  # noqa: BLE001 - find and name the bad file(s) below
+      pieces, fast = [], []
+  for p in files:
+    if p in fast:
+      continue
+    try:
+      pieces.append(read_file(p, table, columns, filter))
+    except FileNotFoundError:
+      raise
+    except Exception as e:  # noqa: BLE001 - any unreadable file is reported
+      _skip(p, e, problems)
+  schema = SCHEMAS[table]
+  if columns is not None:
+    schema = pa.schema([schema.field(c) for c in columns])
+  if not pieces:
+    return schema.empty_table()
+  return pa.concat_tables([t.cast(schema) if t.schema != schema else t for t in pieces])
+
+
+def read_arrow(out, table: str = RUNS, columns=None, filter=None, run_ids=None,
+               problems: list[str] | None = None) -> pa.Table:
+  """One table of a results directory as an Arrow table (any readable version).
+
+  ``columns`` and ``filter`` (a ``pyarrow.dataset`` expression over current
+  column names) are pushed down to Parquet; ``run_ids`` (a collection) keeps
+  those runs and skips files whose logged run_id range excludes them.
+  Unreadable or foreign files are reported (with their path) and skipped; a
+  read that overlaps a compaction's directory exchange is retried.
+  """
+  out = pathlib.Path(out)
+  if not (out / table).is_dir():
     raise ResultsError(f"results: {str(out)!r} has no {table}/ table "
                        "(is it a dmfjax results directory?)")
-  parts = _valid_parts(directory, schema, problems)
-  if not parts:
-    return schema.empty_table().to_pandas()
-  return pa.concat_tables([pq.read_table(p, schema=schema) for p in parts]).to_pandas()
+  if run_ids is not None:
+    run_ids = sorted(set(run_ids))
+    match = ds.field("run_id").isin(pa.array(run_ids, _str))
+    filter = match if filter is None else (filter & match)
+  for attempt in range(10):
+    try:
+      return _read_once(out, table, columns, filter, run_ids, problems)
+    except FileNotFoundError:
+      if attempt == 9:
+        raise
+
+
+def read_table(out, table: str = RUNS, problems: list[str] | None = None,
+               **kwargs) -> pd.DataFrame:
+  """One table of a results directory as a DataFrame (see :func:`read_arrow`)."""
+  return read_arrow(out, table, problems=problems, **kwargs).to_pandas()
 
 
 def finished_run_ids(out, problems: list[str] | None = None) -> set[str]:
-  """run_ids already committed under ``out/runs`` (empty if none)."""
-  directory = pathlib.Path(out) / RUNS
-  if not directory.is_dir():
+  """run_ids committed under ``out`` (empty if none).
+
+  After ``recovery.recover`` (the start of a sweep) these are exactly the
+  runs whose runs row and trajectory rows are whole.
+  """
+  if not (pathlib.Path(out) / RUNS).is_dir():
     return set()
-  ids = set()
-  for p in _valid_parts(directory, RUNS_SCHEMA, problems):
-    ids.update(pq.read_table(p, columns=["run_id"]).column("run_id").to_pylist())
-  return ids
+  ids = read_arrow(out, RUNS, columns=["run_id"], problems=problems).column("run_id")
+  return set(ids.to_pylist())

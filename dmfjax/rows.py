@@ -5,8 +5,10 @@ The kernels return batched pytrees on the host (``train.RunSummary``,
 slot ``s`` out of them and name each value after its column in
 ``results.RUNS_SCHEMA`` / ``results.TRAJECTORIES_SCHEMA``. Every summary and
 log field becomes the column of the same name (except the summary's
-``step`` -> ``steps`` and the integer ``status`` -> its name); a test checks
-that the rows have exactly the schemas' columns.
+``step`` -> ``steps``, the integer ``status`` -> its name, and the per-step
+metrics that the runs table also holds as final values: ``train_loss`` ->
+``step_train_loss``, ...); a test checks that the rows have exactly the
+schemas' columns (the runs row less what ``results.Writer`` stamps at commit).
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ import dataclasses
 
 import numpy as np
 
-from dmfjax import train
+from dmfjax import results, train
 
 # Summary/log fields stored under another column name, or not stored.
 _SUMMARY_COLUMN = {"step": "steps"}
+_LOG_COLUMN = results.V1_TRAJECTORY_NAMES
 _LOG_SKIPPED = ("status",)
 
 
@@ -37,7 +40,7 @@ def run_row(run: dict, summary: train.RunSummary, s: int, **extra) -> dict:
 
   ``status`` is stored by name; ``diverged_step`` is the stop step of a
   diverged run (null otherwise). ``extra`` holds the method's own columns
-  (``wall_seconds``, ``solver_iterations``, ...).
+  (``solver_iterations``, ...) and ``started_at``.
   """
   row = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in run.items()}
   for f in dataclasses.fields(summary):
@@ -64,7 +67,7 @@ def log_rows(run_id: str, logs: train.LogRecord, s: int, after_step: int = -1) -
     for f in dataclasses.fields(logs):
       if f.name not in _LOG_SKIPPED:
         value = getattr(logs, f.name)
-        row[f.name] = None if value is None else _value(value[t, s])
+        row[_LOG_COLUMN.get(f.name, f.name)] = None if value is None else _value(value[t, s])
     rows.append(row)
     after_step = step
   return rows

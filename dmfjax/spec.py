@@ -39,7 +39,7 @@ import pathlib
 import traceback
 from typing import Any
 
-from dmfjax import fields, models, optimizers
+from dmfjax import datafiles, fields, models, optimizers
 from dmfjax.numerics import DTYPES
 from dmfjax.problems import PROBLEM_KINDS
 
@@ -191,8 +191,11 @@ def _is_num(x):
   return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
-def validate_run(run: dict) -> None:
-  """Raises SpecError naming the first invalid field of a run config."""
+def validate_run(run: dict, data_pending: bool = False) -> None:
+  """Raises SpecError naming the first invalid field of a run config.
+
+  ``data_pending``: the sizes will come from a data file (not checked yet).
+  """
   if run["method"] not in METHODS:
     _fail("method", f"unknown method {run['method']!r}; allowed: {METHODS}", run)
   if run["problem"] not in PROBLEM_KINDS:
@@ -208,8 +211,12 @@ def validate_run(run: dict) -> None:
   for field in ("n_rows", "n_cols"):
     if not _is_int(run[field]) or run[field] < 1:
       _fail(field, f"must be an integer >= 1, got {run[field]!r}", run)
-  if run["problem"] != "ratings":
-    if not _is_int(run["rank"]) or not 1 <= run["rank"] <= min(n, m):
+  if run["problem"] != "ratings" and not data_pending:
+    if run["problem_file"] is not None and run["symmetric"]:
+      _fail("symmetric", "does not apply to a problem_file", run)
+    if run["problem_file"] is not None and run["rank"] is None:
+      pass  # a file without W*: no rank
+    elif not _is_int(run["rank"]) or not 1 <= run["rank"] <= min(n, m):
       _fail("rank", f"must be an integer in [1, min(n_rows, n_cols) = {min(n, m)}], "
             f"got {run['rank']!r}", run)
     if not _is_int(run["n_obs"]) or not 1 <= run["n_obs"] <= n * m:
@@ -298,7 +305,7 @@ def run_id(run: dict) -> str:
   """
   def counts(k, v):
     field = fields.BY_NAME.get(k)
-    return not (field is not None and field.neutral is not None
+    return not (field is not None and field.neutral != fields.ALWAYS
                 and (v is None or v == field.neutral))
 
   key = {k: v for k, v in sorted(run.items())
@@ -306,12 +313,14 @@ def run_id(run: dict) -> str:
   return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def expand(spec: Spec, ratings_info=None) -> list[dict]:
+def expand(spec: Spec, data_info=None) -> list[dict]:
   """All runs of a spec: validated, canonical, with run_id, deduplicated.
 
-  ``ratings_info(path, test_fraction)`` returns (n_rows, n_cols, n_obs) of a
-  ratings file; it is called for ratings runs (their sizes come from the data).
+  ``data_info(run)`` returns the run fields that come from a run's data file
+  (sizes, counts, ``data_sha256``; ``datafiles.info``); it is called for
+  ratings runs and runs with a ``problem_file``.
   """
+  data_info = data_info or datafiles.info
   for name in ("chunk_steps", "max_batch"):
     value = getattr(spec, name)
     if not _is_int(value) or value < 1:
@@ -343,14 +352,18 @@ def expand(spec: Spec, ratings_info=None) -> list[dict]:
     names = list(values)
     for combo in itertools.product(*(_as_list(values[k]) for k in names)):
       for seed in seeds:
-        run = dict(zip(names, combo), seed=seed)
-        if run["problem"] == "ratings":
-          if not isinstance(run["data"], str):
-            _fail("data", f"must be a path, got {run['data']!r}", run)
-          validate_run(dict(run, problem_seed=run["problem_seed"] or 0))
-          run["n_rows"], run["n_cols"], run["n_obs"] = ratings_info(
-              run["data"], run["test_fraction"])
-          run["data"] = os.path.abspath(run["data"])
+        run = dict(zip(names, combo), seed=seed, data_sha256=None)
+        path_field = "data" if run["problem"] == "ratings" else "problem_file"
+        if run["problem"] == "ratings" and not isinstance(run["data"], str):
+          _fail("data", f"must be a path, got {run['data']!r}", run)
+        if run[path_field] is not None:
+          validate_run(dict(canonical(run), problem_seed=run["problem_seed"] or 0),
+                       data_pending=True)
+          try:
+            run.update(data_info(run))
+          except ValueError as e:  # the message names the field and the file
+            raise SpecError(str(e)) from None
+          run[path_field] = os.path.abspath(run[path_field])
         run = canonical(run)
         validate_run(run)
         run["sweep"] = spec.name

@@ -8,9 +8,14 @@
    Nothing is written before the plan is valid.
 2. **Execute** (``executor``): batches in this process, or on one
    single-threaded worker process per core on a CPU (``workers``).
-3. **Write** (``results``): each finished set of runs is committed atomically.
+3. **Write** (``results``): each finished set of runs is committed atomically,
+   under the shard's writer lock (``locks``: a second sweep of the same shard
+   into ``out`` is refused, naming the holder), after ``recovery`` made the
+   store whole; at the end the small files are compacted (``compaction``).
 4. **Report** (``progress``): progress on stderr; at the end the executed
-   and useful run-steps, compilations, and the depth-comparison table.
+   and useful run-steps, compilations, and the depth-comparison table. One
+   manifest per invocation (``OUT/manifests/<invocation_id>.json``) holds the
+   spec, shard, devices, provenance and these end-of-run figures.
 """
 
 from __future__ import annotations
@@ -23,7 +28,8 @@ from typing import Optional
 
 import jax
 
-from dmfjax import analysis, planner, results, spec as spec_lib
+from dmfjax import (analysis, compaction, locks, planner, provenance, recovery, results,
+                    spec as spec_lib)
 from dmfjax.executor import Executor, Interrupted, execute_in_workers
 from dmfjax.progress import Progress
 
@@ -40,24 +46,64 @@ def summary_table(runs) -> str:
 
 def run_sweep(spec: spec_lib.Spec, out, num_shards: int = 1, shard_index: int = 0,
               memory_budget: Optional[int] = None, stream=sys.stderr,
-              repack: bool = True, workers: Optional[int] = None) -> planner.Plan:
+              repack: bool = True, workers: Optional[int] = None, compact: bool = True,
+              wait: bool = False) -> planner.Plan:
   """Plans and executes a sweep into ``out``; returns the plan.
 
-  Raises ``SpecError`` on bad input (before anything is written) and
-  ``Interrupted`` if SIGINT arrived (what finished is written).
+  Raises ``SpecError`` on bad input (before anything is written),
+  ``locks.LockHeld`` if another live sweep writes the same shard of ``out``
+  (unless ``wait``: then it waits for it), and ``Interrupted`` if SIGINT
+  arrived (what finished is written). ``compact``: compact the store at the
+  end of a sweep that finished.
   """
   out = pathlib.Path(out)
   planner.plan(spec, None, num_shards, shard_index, memory_budget, workers=workers)
-  writer = results.Writer(out, tag=f"s{shard_index}of{num_shards}")
-  for msg in writer.quarantine():
-    print(f"[dmfjax] {msg}", file=stream)
-  writer.cleanup()
-  p = planner.plan(spec, out, num_shards, shard_index, memory_budget, workers=workers)
-  writer.write_manifest(dict(spec=dataclasses.asdict(spec), num_shards=num_shards,
-                             shard_index=shard_index, workers=p.workers,
-                             jax_version=jax.__version__,
-                             devices=[str(d) for d in jax.local_devices()]))
-  print(planner.describe(p, spec), file=stream)
+  started = provenance.utc_now()
+  stamp = provenance.collect()
+  writer = results.Writer(out, tag=f"s{shard_index}of{num_shards}", stamp=stamp,
+                          invocation_id=provenance.invocation_id(started))
+  lock = locks.shard_lock(out, num_shards, shard_index, wait=wait)
+  manifest = dict(command="sweep", status="running", started_at=provenance.iso(started),
+                  spec=dataclasses.asdict(spec), num_shards=num_shards,
+                  shard_index=shard_index, provenance=stamp,
+                  devices=[str(d) for d in jax.local_devices()])
+  try:
+    if lock.took_over:
+      print(f"[dmfjax] took over the writer lock of a sweep that is gone: "
+            f"{locks.describe(lock.took_over)}", file=stream)
+    for msg in recovery.recover(out, own=(writer.tag,)):
+      print(f"[dmfjax] {msg}", file=stream)
+    p = planner.plan(spec, out, num_shards, shard_index, memory_budget, workers=workers)
+    manifest.update(workers=p.workers, runs=len(p.runs), to_run=len(p.todo))
+    writer.write_manifest(manifest)
+    print(planner.describe(p, spec), file=stream)
+    _execute(p, writer, out, stream, repack)
+    manifest.update(status="done", stats=p.stats)
+    if compact:
+      try:
+        figures = compaction.compact(out, invocation=writer.invocation_id)
+        manifest["compaction"] = figures
+        if figures["rewritten"]:
+          print(f"[dmfjax] compacted {figures['rewritten']} files into {figures['written']} "
+                f"in {figures['seconds']:.1f}s ({figures['files_after']} data files)",
+                file=stream)
+      except (compaction.Busy, results.ResultsError, OSError) as e:
+        print(f"[dmfjax] compaction skipped: {e}", file=stream)
+  except BaseException as e:
+    manifest["status"] = {Interrupted: "interrupted", KeyboardInterrupt: "interrupted"}.get(
+        type(e), f"failed: {type(e).__name__}")
+    raise
+  finally:
+    if manifest["status"] != "running" or "to_run" in manifest:
+      manifest["finished_at"] = provenance.iso(provenance.utc_now())
+      writer.write_manifest(manifest)
+    recovery.remove_staging(out, writer.tag)
+    lock.release()
+  return p
+
+
+def _execute(p: planner.Plan, writer: results.Writer, out, stream, repack: bool) -> None:
+  """Runs the plan's batches with progress and SIGINT handling; fills p.stats."""
   budgets = [r["max_steps"] for r in p.todo if r["max_steps"]]
   progress = Progress(len(p.todo), stream, mean_budget=sum(budgets) / max(1, len(budgets)))
   executor = Executor(p, writer, progress, repack=repack)
@@ -88,18 +134,17 @@ def run_sweep(spec: spec_lib.Spec, out, num_shards: int = 1, shard_index: int = 
     progress.close()
     if in_main:
       signal.signal(signal.SIGINT, previous)
+    p.stats.update(executed_run_steps=progress.executed, useful_run_steps=progress.useful,
+                   runs_done=progress.done, wall_seconds=progress.elapsed,
+                   compilations=progress.compilations,
+                   compile_seconds=progress.compile_seconds, cache_hits=progress.cache_hits)
   progress.update(force=True)
-  elapsed = progress.elapsed
-  print(f"[dmfjax] done: {progress.done} runs in {elapsed:,.1f}s "
+  print(f"[dmfjax] done: {progress.done} runs in {progress.elapsed:,.1f}s "
         f"({progress.compilations} programs in {progress.compile_seconds:,.1f}s: "
         f"{progress.compilations - progress.cache_hits} compiled, {progress.cache_hits} "
         "from the compilation cache); executed "
         f"{progress.executed:,} run-steps for {progress.useful:,} useful "
         f"({progress.executed / max(progress.useful, 1):.2f}x)", file=stream)
-  p.stats.update(executed_run_steps=progress.executed, useful_run_steps=progress.useful,
-                 wall_seconds=elapsed, compilations=progress.compilations,
-                 compile_seconds=progress.compile_seconds, cache_hits=progress.cache_hits)
-  return p
 
 
 if __name__ == "__main__":

@@ -197,6 +197,8 @@ def objective(problem, w: jax.Array, kind: Optional[str] = "mean") -> jax.Array:
 
 
 def _loss(cfg: RunConfig, problem, factors):
+  if hasattr(problem, "factor_objective"):  # sparse: never forms the dense W
+    return problem.factor_objective(factors, cfg.loss)
   return objective(problem, models.end_to_end(factors), cfg.loss)
 
 
@@ -267,6 +269,8 @@ def step(cfg: RunConfig, state: RunState) -> RunState:
 
 
 def _test_error(problem, w):
+  if hasattr(problem, "test_error"):  # sparse.SparseCompletionProblem
+    return problem.test_error(w)
   if problem.test_mask is None:
     return jnp.asarray(jnp.nan, w.dtype)
   return metrics.masked_mse(w, problem.test_mask, problem.test_target)

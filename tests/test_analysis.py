@@ -161,15 +161,16 @@ def test_load_runs_and_trajectories(tmp_path):
   first, second = runs.iloc[:6], runs.iloc[6:]
   traj = pd.DataFrame({
       "run_id": [runs["run_id"][0]] * 2 + [runs["run_id"][6]],
-      "step": [10, 0, 0], "train_loss": [0.5, 1.0, 2.0],
-      "singular_values": [[3.0, 1.0], [1.0, 0.5], [2.0, 0.1]]})
+      "step": [10, 0, 0], "step_train_loss": [0.5, 1.0, 2.0],
+      "step_singular_values": [[3.0, 1.0], [1.0, 0.5], [2.0, 0.1]]})
   _write(tmp_path / "a", first, traj.iloc[:2])
   _write(tmp_path / "b", second, traj.iloc[2:], parts=1)
   loaded = analysis.load_runs(tmp_path / "a", tmp_path / "b")
   assert len(loaded) == len(runs)
   assert set(loaded["run_id"]) == set(runs["run_id"])
   assert len(analysis.load_runs(tmp_path / "a", tmp_path / "b", depth=None)) == 2
-  assert analysis.load_manifest(tmp_path / "a") == {"schema_version": 1}
+  manifest = analysis.load_manifest(tmp_path / "a")
+  assert manifest["schema_version"] == results.SCHEMA_VERSION and "invocation_id" in manifest
 
   trajectories = analysis.load_trajectories(tmp_path / "a", tmp_path / "b")
   assert list(trajectories["step"][:2]) == [0, 10]  # sorted

@@ -11,8 +11,8 @@ import jax
 import numpy as np
 import pytest
 
-from dmfjax import (analysis, fields, nuclear_norm, planner, results, rows, spec as spec_lib,
-                    train)
+from dmfjax import (analysis, fields, nuclear_norm, planner, provenance, results, rows,
+                    spec as spec_lib, train)
 from dmfjax.spec import Spec, SpecError
 
 RUN_NAMES = set(fields.RUN_FIELD_NAMES)
@@ -23,8 +23,11 @@ def test_spec_fields_and_defaults_come_from_the_table():
   assert list(spec_fields) == [f.name for f in fields.SPEC_FIELDS]
   for f in fields.SPEC_FIELDS:
     assert spec_fields[f.name] == f.default
-  # Every run field is a spec field, except 'seed' (given as 'seeds').
-  assert RUN_NAMES - set(spec_fields) == {"seed"}
+  # Every run field is a spec field, except 'seed' (given as 'seeds') and the
+  # computed ones.
+  computed = {f.name for f in fields.RUN_FIELDS if f.computed}
+  assert computed == {"data_sha256"}
+  assert RUN_NAMES - set(spec_fields) == {"seed"} | computed
 
 
 def test_static_and_dynamic_split_the_run_fields():
@@ -72,8 +75,11 @@ def test_row_builders_fill_exactly_the_schemas():
   hp = train.Hyperparams.make(seed=[0], problem_seed=[0], max_steps=[20], init_scale=[0.1])
   state, logs = fns.advance(fns.init(hp))
   summary, logs = jax.device_get((fns.finalize(state), logs))
-  expected = set(results.RUNS_SCHEMA.names) - {"schema_version"}
-  row = rows.run_row(dmf_run, summary, 0, wall_seconds=1.0)
+  # The writer stamps the commit columns (provenance, finished_at, ...);
+  # tests/test_store.py checks that a committed row fills every column.
+  expected = set(results.RUNS_SCHEMA.names) - set(results.COMMIT_COLUMNS)
+  started = provenance.utc_now()
+  row = rows.run_row(dmf_run, summary, 0, started_at=started)
   assert set(row) == expected - {"solver_iterations", "optimality_gap"}  # solver-only
   assert row["status"] == "budget" and row["steps"] == 20 and row["diverged_step"] is None
   traj = rows.log_rows(dmf_run["run_id"], logs, 0)
@@ -84,7 +90,7 @@ def test_row_builders_fill_exactly_the_schemas():
     nn_cfg = train.RunConfig.from_run(nn_run)
     res, nn_summary = jax.device_get(nuclear_norm.batched(nn_cfg)(
         train.Hyperparams.make(problem_seed=[0], dtype=np.float64)))
-  nn_row = rows.run_row(nn_run, nn_summary, 0, status="converged", wall_seconds=1.0,
+  nn_row = rows.run_row(nn_run, nn_summary, 0, status="converged", started_at=started,
                         solver_iterations=int(res.iterations[0]),
                         optimality_gap=float(res.optimality_gap[0]))
   assert set(nn_row) == expected
@@ -130,3 +136,12 @@ def test_completion_observation_counts_share_a_program():
   groups = planner.plan(Spec(n_rows=6, n_cols=5, rank=2, n_obs=[9, 12], seeds=2), None,
                         workers=1).groups
   assert len(groups) == 1 and "n_obs=9,12" in groups[0].label
+
+
+def test_a_field_at_its_neutral_value_keeps_old_run_ids():
+  """Fields added later (loss, nn_eps) leave run_id alone at their neutral value."""
+  for run in _expanded():
+    old = {k: v for k, v in run.items() if k not in ("loss", "nn_eps")}
+    assert spec_lib.run_id(old) == run["run_id"]
+  changed = _expanded(loss="sum", nn_eps=1e-3)
+  assert {r["run_id"] for r in changed}.isdisjoint({r["run_id"] for r in _expanded()})

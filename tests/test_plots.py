@@ -90,11 +90,11 @@ def make_trajectories(runs):
       svals = [float(np.exp(-(i + 1) / run.depth) * (1 + step)) for i in range(TOP)]
       diag = [0.5 / (1 + i + step) for i in range(TOP)]
       rows.append(dict(run_id=run.run_id, step=step,
-                       train_loss=(1.0 + run.seed) / (1 + step) ** run.depth,
-                       reconstruction_error=0.5 / (1 + run.seed * step),
-                       test_error=np.nan,
-                       nuclear_norm=sum(svals), effective_rank=2.0,
-                       singular_values=svals,
+                       step_train_loss=(1.0 + run.seed) / (1 + step) ** run.depth,
+                       step_reconstruction_error=0.5 / (1 + run.seed * step),
+                       step_test_error=np.nan,
+                       step_nuclear_norm=sum(svals), step_effective_rank=2.0,
+                       step_singular_values=svals,
                        alignment_diag=diag if run.depth == 2 else None,
                        alignment_offdiag=1e-3 / (1 + step) if run.depth == 2 else None))
   return pd.DataFrame(rows)
@@ -295,8 +295,8 @@ def test_learning_curves_equal_trajectories(dataset):
 def test_learning_curves_table_holds_stopped_runs():
   traj = pd.DataFrame({
       "run_id": ["a"] * 3 + ["b"] * 2, "depth": [2] * 5,
-      "step": [0, 10, 20, 0, 15], "train_loss": [4.0, 2.0, 1.0, 8.0, np.inf]})
-  table = dynamics.learning_curves(traj, "train_loss")
+      "step": [0, 10, 20, 0, 15], "step_train_loss": [4.0, 2.0, 1.0, 8.0, np.inf]})
+  table = dynamics.learning_curves(traj, "step_train_loss")
   assert table["step"].tolist() == [0, 10, 15, 20]
   # b holds 8 at step 10, has no finite value from 15 on (inf -> NaN).
   np.testing.assert_allclose(table["median"], [6.0, 5.0, 2.0, 1.0])
@@ -321,7 +321,7 @@ def test_singular_value_trajectories(dataset):
       np.testing.assert_allclose(lines[f"sigma_{index}"].get_ydata(),
                                  rows["singular_value"])
   # Trajectories without config columns need the runs table.
-  bare = traj[["run_id", "step", "singular_values"]]
+  bare = traj[["run_id", "step", "step_singular_values"]]
   with pytest.raises(ValueError, match="runs="):
     plots.plot_singular_value_trajectories(bare)
   fig = plots.plot_singular_value_trajectories(bare, runs=runs)

@@ -11,6 +11,7 @@ import time
 
 import jax
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -170,17 +171,17 @@ def test_corrupt_and_foreign_files_are_reported_and_rerun(tmp_path, finished):
   spec_path, reference = finished
   out = tmp_path / "out"
   shutil.copytree(reference, out)
-  parts = sorted((out / "runs").glob("part-*.parquet"))
-  victim = parts[0]
-  lost = set(pq.read_table(victim).column("run_id").to_pylist())
+  (victim,) = results.table_files(out, "runs")  # the compacted runs file
+  table = pq.read_table(victim)
+  lost = set(table.column("run_id").to_pylist())
   data = victim.read_bytes()
   victim.write_bytes(data[: len(data) // 2])  # truncated
   foreign = out / "runs" / "part-foreign.parquet"
-  table = pq.read_table(parts[1])
-  pq.write_table(table.replace_schema_metadata({b"dmfjax_schema_version": b"99"}), foreign)
+  pq.write_table(table.slice(0, 3).replace_schema_metadata(
+      {b"dmfjax_schema_version": b"99"}), foreign)
   problems = []
   partial = results.read_table(out, problems=problems)
-  assert len(partial) == 12 - len(lost) - 0  # neither file is merged
+  assert len(partial) == 0  # neither file is merged
   assert any(str(victim) in p for p in problems)
   assert any(str(foreign) in p and "schema version" in p for p in problems)
   proc = run_cli(spec_path, out)
@@ -188,9 +189,41 @@ def test_corrupt_and_foreign_files_are_reported_and_rerun(tmp_path, finished):
   assert f"{len(lost)} to run" in proc.stderr
   final = runs_table(out)
   assert_same_results(runs_table(reference), final)
-  assert (out / "runs" / ("_corrupt-" + victim.name)).exists()
-  import pandas as pd
-  assert len(pd.read_parquet(out / "runs")) == 12  # plain readers skip quarantined files
+  assert len(list((out / "_quarantine").glob("*.why.txt"))) == 2
+  assert len(pd.read_parquet(out / "runs")) == 12  # plain readers see committed files only
+  assert not [p for p in (out / "runs").iterdir() if not p.name.startswith("part-")]
+
+
+@pytest.mark.parametrize("damage", ["garbage_in_a_data_page", "deleted_trajectories"])
+def test_damage_the_footer_check_misses_is_caught_and_rerun(tmp_path, finished, damage):
+  """Garbage inside a runs file's data page (footer intact), or a deleted
+  trajectories file: the runs are not finished, named, and run again."""
+  spec_path, reference = finished
+  out = tmp_path / "out"
+  shutil.copytree(reference, out)
+  (runs_file,) = results.table_files(out, "runs")
+  (traj_file,) = results.table_files(out, "trajectories")
+  if damage == "deleted_trajectories":
+    traj_file.unlink()
+    named = traj_file
+  else:
+    group = pq.ParquetFile(runs_file).metadata.row_group(0)
+    (chunk,) = [group.column(i) for i in range(group.num_columns)
+                if group.column(i).path_in_schema == "train_loss"]
+    data = bytearray(runs_file.read_bytes())
+    start = chunk.data_page_offset + chunk.total_compressed_size // 2
+    data[start:start + 8] = b"\xff" * 8
+    runs_file.write_bytes(bytes(data))
+    pq.ParquetFile(runs_file).metadata  # the footer still reads
+    with pytest.warns(UserWarning, match=str(runs_file)):
+      results.read_table(out)  # names the file, reads the rest
+    named = runs_file
+  proc = run_cli(spec_path, out)
+  assert str(named) in proc.stderr and "12 to run" in proc.stderr
+  assert_same_results(runs_table(reference), runs_table(out))
+  traj = trajectories_table(out)
+  assert set(traj.run_id) == set(runs_table(out).run_id)
+  assert not traj.duplicated(["run_id", "step"]).any()
 
 
 # -- 5. determinism -------------------------------------------------------------

@@ -39,7 +39,11 @@ def test_reference_sweep_tables(reference):
   for rid, t in traj.groupby("run_id"):
     row = runs[runs.run_id == rid].iloc[0]
     assert t.step.iloc[0] == 0 and t.step.iloc[-1] == row.steps
-    assert np.isclose(t.train_loss.iloc[-1], row.train_loss, rtol=1e-4)
+    assert np.isclose(t.step_train_loss.iloc[-1], row.train_loss, rtol=1e-4)
+    assert len(t) == row.trajectory_rows
+  # Compacted at the end: one file per table; one manifest for the invocation.
+  assert [len(results.table_files(out, t)) for t in ("runs", "trajectories")] == [1, 1]
+  assert len(list((out / "manifests").glob("*.json"))) == 1
   # Every spec field is in the runs table.
   for f in spec_lib.GRID_FIELDS:
     assert f in runs.columns
@@ -130,7 +134,7 @@ def test_worker_processes_give_the_same_results(reference, tmp_path, workers):
   """Batches spread over worker processes: same runs, each written once."""
   spec_path, out, _ = reference
   p = sweep.run_sweep(spec_lib.load_spec(spec_path), tmp_path / "out", stream=io.StringIO(),
-                      workers=workers)
+                      workers=workers, compact=False)
   assert p.workers == workers
   assert all(g.batch_size == -(-len(g.runs) // workers) for g in p.groups)
   runs = runs_table(tmp_path / "out")
@@ -142,7 +146,9 @@ def test_worker_processes_give_the_same_results(reference, tmp_path, workers):
   assert p.stats["executed_run_steps"] >= p.stats["useful_run_steps"]
   assert p.stats["compilations"] > 0
   names = [f.name for f in (tmp_path / "out" / "runs").glob("part-*.parquet")]
+  assert len(names) > 1  # compact=False: one file per commit
   assert all(("-w" in n) == (workers > 1) for n in names)  # each worker's own parts
+  assert not list((tmp_path / "out" / "_staging").iterdir())
 
 
 def test_nuclear_norm_runs_go_through_the_sweep(tmp_path):

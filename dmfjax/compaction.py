@@ -1,0 +1,236 @@
+"""Compaction: many small committed files become few large ones, atomically.
+
+A sweep commits one small runs file and one small trajectories file per batch
+(``results.Writer``); thousands of them make every read slow. ``compact(out)``
+(``dmfjax compact OUT``, and by default the end of every sweep) rewrites the
+small files of each table (and files written with other columns) into large
+ones: rows sorted by ``run_id`` (and
+``step``), row groups of ``ROW_GROUP_ROWS`` rows with statistics, so that one
+run's trajectory is found by its row groups' run_id ranges, not by a scan.
+
+Atomic for a reader that knows nothing of dmfjax. Replacing N files by one
+cannot be done with renames inside one directory (a glob between two renames
+would see rows twice or not at all). Instead each table directory is swapped
+whole: a new directory is built beside it under ``_staging/`` (hard links to
+every file that stays, plus the new large files) and exchanged with the table
+directory in one ``renameat2(RENAME_EXCHANGE)`` (Linux). A reader lists
+either the old directory or the new one, each holding every committed row
+exactly once. A reader that listed the old directory and opens a replaced
+file after the swap gets "file not found" (never a wrong row) and must read
+again (``results.read_arrow`` does). Where the exchange is unsupported, the
+old directory is renamed away and the new one into place: a reader between
+the two renames finds no table and fails, again never a wrong row.
+
+Order, under the commit lock (appends wait; they never interleave):
+
+1. outside the lock, the inputs are read whole, their checksums verified, and
+   the outputs written and fsynced under ``_staging/compact-<id>/``;
+2. under the lock: the inputs are checked to be still committed; a log entry
+   adding the outputs and removing the inputs is written (the commit point);
+   each table directory is swapped; a checkpoint of the log is written;
+3. the swapped-out directories (the old small files) are deleted.
+
+A kill before 2 leaves staging files (removed by the next writer); a kill
+after the log entry and before a swap is finished by ``recovery`` (it swaps
+in the logged state), so the store is either before or after the compaction.
+Repairs (``recovery``) use the same rewrite, dropping the rows of bad runs.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import pathlib
+import shutil
+import time
+import uuid
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from dmfjax import locks, results, txlog
+from dmfjax.results import RUNS, STAGING, TRAJECTORIES
+
+TARGET_FILE_BYTES = 256 * 2**20   # a large file; smaller than half of it is "small"
+BATCH_BYTES = 768 * 2**20         # input bytes rewritten together in memory
+ROW_GROUP_ROWS = {RUNS: 64 * 1024, TRAJECTORIES: 32 * 1024}
+_RENAME_EXCHANGE = 2
+
+
+class Busy(Exception):
+  """Another compaction is running."""
+
+
+def _renameat2(a, b) -> bool:
+  try:
+    libc = ctypes.CDLL(None, use_errno=True)
+    fn = libc.renameat2
+  except (OSError, AttributeError):
+    return False
+  fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+  at_cwd = -100
+  if fn(at_cwd, os.fsencode(a), at_cwd, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+    return True
+  code = ctypes.get_errno()
+  if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
+    return False
+  raise OSError(code, os.strerror(code), str(b))
+
+
+def exchange(a: pathlib.Path, b: pathlib.Path) -> None:
+  """Swaps directories ``a`` and ``b`` (atomically where the OS can)."""
+  if _renameat2(a, b):
+    return
+  aside = b.with_name(f".{b.name}.old-{uuid.uuid4().hex[:8]}")
+  os.rename(b, aside)
+  os.rename(a, b)
+  os.rename(aside, a)
+
+
+def swap_in(out: pathlib.Path, table: str, remove, add: dict, work: pathlib.Path) -> None:
+  """Makes ``out/table`` hold its files minus ``remove`` plus ``add`` at once.
+
+  ``add`` maps new names to their current paths. The caller holds the commit
+  lock; the old directory ends up in ``work/<table>`` (delete it afterwards).
+  """
+  directory = out / table
+  directory.mkdir(exist_ok=True)
+  new = work / table
+  new.mkdir(parents=True)
+  remove = set(remove)
+  for name in os.listdir(directory):
+    if name not in remove:
+      os.link(directory / name, new / name)
+  for name, path in add.items():
+    os.rename(path, new / name)
+  txlog.fsync_dir(new)
+  exchange(new, directory)
+  txlog.fsync_dir(out)
+
+
+def _read(out: pathlib.Path, table: str, name: str, meta: dict | None, where=None):
+  path = (where or out / table) / name
+  data = path.read_bytes()
+  if meta is not None and (len(data) != meta["bytes"]
+                           or txlog.sha256_bytes(data) != meta["sha256"]):
+    raise results.ResultsError(f"{path}: checksum mismatch (recorded at commit: "
+                               f"{meta['bytes']} bytes, sha256 {meta['sha256'][:12]}...)")
+  return results.read_file(path, table, data=data)
+
+
+def rewrite(out, table: str, inputs: list, state: txlog.State, work: pathlib.Path,
+            drop_run_ids=frozenset(), target_bytes: int = TARGET_FILE_BYTES) -> list[dict]:
+  """Rewrites ``inputs`` (names in ``out/table``) into sorted large files.
+
+  Rows of ``drop_run_ids`` are left out. Outputs go to ``work/<table>/``;
+  returns their log records. Raises if an input is unreadable or does not
+  match its checksum (recovery quarantines it first).
+  """
+  out = pathlib.Path(out)
+  (work / table).mkdir(parents=True, exist_ok=True)
+  logged = state.files[table]
+  sizes = {n: (out / table / n).stat().st_size for n in inputs}
+  batches, batch, size = [], [], 0
+  for name in sorted(inputs):
+    if batch and size + sizes[name] > BATCH_BYTES:
+      batches.append(batch)
+      batch, size = [], 0
+    batch.append(name)
+    size += sizes[name]
+  if batch:
+    batches.append(batch)
+  drop = pa.array(sorted(drop_run_ids), pa.string())
+  metas = []
+  for batch in batches:
+    data = pa.concat_tables([_read(out, table, n, logged.get(n)) for n in batch])
+    if len(drop):
+      data = data.filter(pc.invert(pc.is_in(data.column("run_id"), value_set=drop)))
+    if not data.num_rows:
+      continue
+    data = data.sort_by(results.SORT_KEYS[table])
+    data = data.replace_schema_metadata(results.FILE_METADATA)
+    per_row = max(1.0, sum(sizes[n] for n in batch) / max(1, data.num_rows))
+    rows = max(ROW_GROUP_ROWS[table], int(target_bytes / per_row))
+    rows -= rows % ROW_GROUP_ROWS[table] if rows > ROW_GROUP_ROWS[table] else 0
+    for start in range(0, data.num_rows, rows):
+      piece = data.slice(start, rows)
+      path = work / table / f"part-compact-{uuid.uuid4().hex[:12]}.parquet"
+      results.write_parquet(piece, path, row_group_size=ROW_GROUP_ROWS[table],
+                            sorting_columns=[pq.SortingColumn(i) for i in (
+                                [0] if table == RUNS else [0, 1])])
+      metas.append(dict(txlog.file_meta(path, piece), schema=results.schema_id(table)))
+  return metas
+
+
+def commit_rewrite(out: pathlib.Path, op: str, inputs: dict, outputs: dict,
+                   work: pathlib.Path, **info) -> txlog.State:
+  """Under the commit lock: logs and swaps in a rewrite (see module docstring).
+
+  Raises ``Busy`` when an input is no longer committed (another process
+  rewrote or quarantined it meanwhile); the outputs are then discarded.
+  """
+  with locks.commit_lock(out):
+    state = txlog.load(out)
+    for table, names in inputs.items():
+      # Committed inputs must still be; a repair also rewrites unlogged files.
+      gone = [n for n in names if not (out / table / n).exists() or n in state.removed[table]
+              or (op == "compact" and n not in state.files[table])]
+      if gone:
+        raise Busy(f"{table}/{gone[0]} changed during the {op}")
+    entry = txlog.commit(out, op, add=outputs, remove=inputs,
+                         source=str(work.relative_to(out)), **info)
+    state.apply(entry)
+    old = work / "replaced"
+    for table in (TRAJECTORIES, RUNS):
+      if inputs.get(table) or outputs.get(table):
+        swap_in(out, table, inputs.get(table, ()),
+                {m["name"]: work / table / m["name"] for m in outputs.get(table, ())}, old)
+    txlog.checkpoint(out, state)
+  return state
+
+
+def to_rewrite(out, state: txlog.State, table: str, target_bytes: int) -> list[str]:
+  """The committed files of ``table`` to rewrite: the small ones (when there
+  are two or more) and those written with other columns (a run field added
+  since: rewritten so that every file has the same columns)."""
+  present = {p.name for p in results.table_files(out, table)}
+  live = {n: m for n, m in state.files[table].items() if n in present}
+  small = {n for n, m in live.items() if m["bytes"] < target_bytes // 2}
+  stale = {n for n, m in live.items() if m.get("schema") != results.schema_id(table)}
+  return sorted(stale | (small if len(small | stale) >= 2 else set()))
+
+
+def compact(out, target_bytes: int = TARGET_FILE_BYTES, invocation: str | None = None) -> dict:
+  """Rewrites the small files of both tables into large ones (atomic swap).
+
+  Returns figures: files and rows before and after, bytes, seconds. Raises
+  ``Busy`` if another compaction holds the lock.
+  """
+  out = pathlib.Path(out)
+  t0 = time.perf_counter()
+  lock = locks.FileLock(out, "compact.lock", "compact")
+  try:
+    lock.acquire()
+  except locks.LockHeld as e:
+    raise Busy(str(e)) from None
+  work = out / STAGING / f"compact-{uuid.uuid4().hex[:12]}"
+  try:
+    state = txlog.load(out)
+    inputs = {t: to_rewrite(out, state, t, target_bytes) for t in (RUNS, TRAJECTORIES)}
+    inputs = {t: names for t, names in inputs.items() if names}
+    figures = dict(files_before=sum(len(results.table_files(out, t))
+                                    for t in (RUNS, TRAJECTORIES)), rewritten=0, written=0)
+    if inputs:
+      outputs = {t: rewrite(out, t, names, state, work, target_bytes=target_bytes)
+                 for t, names in inputs.items()}
+      commit_rewrite(out, "compact", inputs, outputs, work, invocation=invocation)
+      figures.update(rewritten=sum(map(len, inputs.values())),
+                     written=sum(map(len, outputs.values())))
+    figures["files_after"] = sum(len(results.table_files(out, t)) for t in (RUNS, TRAJECTORIES))
+    figures["seconds"] = time.perf_counter() - t0
+    return figures
+  finally:
+    shutil.rmtree(work, ignore_errors=True)
+    lock.release()

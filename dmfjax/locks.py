@@ -1,0 +1,173 @@
+"""Locks of a results directory: one writer per shard, short commit sections.
+
+All lock files live in ``OUT/_locks/``. A lock is an ``flock`` on its file
+(released by the kernel when the holding process dies, however it dies); the
+file's content names the holder (pid, host, start time, command line), so a
+refusal can say who holds it, and a lock left by a dead process is recognised
+(its file still names the holder, but nobody holds the flock) and taken over.
+Lock files are never deleted (deleting a file others may be waiting on races
+with them); releasing empties it.
+
+* ``sweep-s<I>of<K>.lock``: the writer of shard I of K (``--num_shards K
+  --shard_index I``; an unsharded sweep is ``s0of1``). Held for a whole sweep
+  by the sweep process; its worker processes write under it (they die with it).
+  A sweep also refuses to start next to a live sweep with another shard count
+  (the two would run the same runs).
+* ``commit.lock``: held for a few milliseconds by every commit (an append, a
+  compaction's swap, recovery), so that commits are serialized and the
+  transaction log's sequence numbers are dense.
+* ``compact.lock``: one compaction at a time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import pathlib
+import socket
+import sys
+import threading
+import time
+
+from dmfjax import provenance
+
+LOCKS = "_locks"
+
+
+class LockHeld(ValueError):
+  """Another live process holds the lock (the message names it)."""
+
+
+def _holder(path: pathlib.Path) -> dict:
+  try:
+    return json.loads(path.read_text() or "{}")
+  except (OSError, ValueError):
+    return {}
+
+
+def describe(holder: dict) -> str:
+  if not holder:
+    return "an unknown process"
+  return (f"pid {holder.get('pid')} on host {holder.get('host')}, started "
+          f"{holder.get('started_at')} ({holder.get('command', '?')})")
+
+
+class FileLock:
+  """An exclusive lock on ``OUT/_locks/<name>`` with the holder's identity."""
+
+  def __init__(self, out, name: str, what: str):
+    self.path = pathlib.Path(out) / LOCKS / name
+    self.what = what
+    self.fd: int | None = None
+    self.took_over: dict | None = None  # the dead holder whose lock we took
+
+  def acquire(self, wait: bool = False) -> "FileLock":
+    self.path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except OSError as e:
+      os.close(fd)
+      if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+        raise
+      holder = _holder(self.path)
+      for _ in range(40):  # the holder writes its name just after taking the lock
+        if holder:
+          break
+        time.sleep(0.025)
+        holder = _holder(self.path)
+      raise LockHeld(f"{self.what}: {self.path.parent.parent} is being written by "
+                     f"{describe(holder)} (lock {self.path})") from None
+    # Nobody else holds the flock: a holder named in the file is gone (its
+    # process died without releasing; the kernel dropped its flock).
+    self.took_over = _holder(self.path) or None
+    info = dict(pid=os.getpid(), host=socket.gethostname(),
+                started_at=provenance.iso(provenance.utc_now()),
+                command=" ".join(os.path.basename(a) if i == 0 else a
+                                 for i, a in enumerate(sys.argv))[:300])
+    data = json.dumps(info).encode()
+    os.pwrite(fd, data, 0)  # then truncate: the file never reads empty while held
+    os.ftruncate(fd, len(data))
+    self.fd = fd
+    return self
+
+  def release(self) -> None:
+    if self.fd is None:
+      return
+    try:
+      os.ftruncate(self.fd, 0)
+    finally:
+      fcntl.flock(self.fd, fcntl.LOCK_UN)
+      os.close(self.fd)
+      self.fd = None
+
+  def __enter__(self):
+    return self.acquire()
+
+  def __exit__(self, *exc):
+    self.release()
+
+
+def held(out, name: str) -> dict | None:
+  """The holder of lock ``name`` if a live process holds it, else None."""
+  path = pathlib.Path(out) / LOCKS / name
+  if not path.exists():
+    return None
+  fd = os.open(path, os.O_RDWR)
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except OSError:
+    return _holder(path) or {"pid": "?"}
+  else:
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    return None
+  finally:
+    os.close(fd)
+
+
+def shard_lock(out, num_shards: int, shard_index: int, wait: bool = False) -> FileLock:
+  """Acquires the writer lock of one shard (raises LockHeld naming the holder).
+
+  Also refuses when a live sweep with another shard count writes ``out``.
+  """
+  tag = f"s{shard_index}of{num_shards}"
+  lock = FileLock(out, f"sweep-{tag}.lock",
+                  f"out: another sweep of shard {shard_index} of {num_shards}").acquire(wait)
+  for other in sorted((pathlib.Path(out) / LOCKS).glob("sweep-s*of*.lock")):
+    if other.name.endswith(f"of{num_shards}.lock"):
+      continue
+    holder = held(out, other.name)
+    if holder is not None:
+      lock.release()
+      raise LockHeld(f"out: {out} is being written by a sweep with another shard count "
+                     f"({other.stem[6:]}: {describe(holder)}); shards of different "
+                     "counts would run the same runs twice")
+  return lock
+
+
+# One commit lock per directory per process, re-entrant within the process.
+_commit_locks: dict[str, tuple[FileLock, int]] = {}
+_commit_mutex = threading.RLock()
+
+
+@contextlib.contextmanager
+def commit_lock(out):
+  """The short, exclusive commit section of ``out`` (blocks until free)."""
+  key = str(pathlib.Path(out).resolve())
+  with _commit_mutex:
+    lock, depth = _commit_locks.get(key, (None, 0))
+    if lock is None:
+      lock = FileLock(out, "commit.lock", "commit").acquire(wait=True)
+    _commit_locks[key] = (lock, depth + 1)
+    try:
+      yield
+    finally:
+      lock, depth = _commit_locks[key]
+      if depth == 1:
+        del _commit_locks[key]
+        lock.release()
+      else:
+        _commit_locks[key] = (lock, depth - 1)

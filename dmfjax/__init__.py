@@ -2,15 +2,21 @@
 
 Modules, one concept each:
 
-* ``problems``  -- ground truth, completion and sensing observations, the loss
-* ``ratings``   -- MovieLens ``u.data`` as a completion problem
+* ``fields``    -- every run and sweep field, declared once
+* ``problems``, ``datafiles``, ``ratings`` -- W*, completion and sensing
+  observations, the loss; problems from files; MovieLens ``u.data``
 * ``models``    -- factors W_1..W_N, initializations, the end-to-end product
 * ``optimizers``-- GD, GroupRMSprop, Adam (optax transformations)
 * ``metrics``   -- reconstruction error, nuclear norm, effective rank, ...
-* ``train``     -- the single-run training kernel, batched with ``jax.vmap``
+* ``train``, ``sparse`` -- the single-run training kernel, batched with
+  ``jax.vmap``; its sparse completion loss
 * ``nuclear_norm`` -- the minimum-nuclear-norm baseline (batched solver)
-* ``spec``, ``sweep``, ``results`` -- sweeps: plan, schedule, Parquet tables
-* ``analysis``, ``plots``, ``report``, ``theory`` -- reading the tables back
+* ``spec``, ``planner``, ``batching``, ``executor``, ``rows``, ``progress``,
+  ``workers``, ``sweep``, ``cli`` -- sweeps: specs, plan, schedule, command line
+* ``results``, ``txlog``, ``recovery``, ``compaction``, ``locks``,
+  ``provenance``, ``reading`` -- the Parquet results store
+* ``analysis``, ``dynamics``, ``plots``, ``report``, ``theory`` -- reading the
+  tables back
 """
 
 import os as _os

@@ -93,3 +93,42 @@ def learning_curves(trajectories: pd.DataFrame, metric: str = "step_train_loss",
   if not frames:
     return pd.DataFrame(columns=columns)
   return pd.concat(frames, ignore_index=True)
+
+
+def half_target_steps(trajectories: pd.DataFrame, targets: Sequence[float]) -> pd.DataFrame:
+  """When each singular value is learned: the first logged step with sigma_i >= t_i / 2.
+
+  Incremental learning (Gissin et al. 2020; Arora et al. 2019, section 3):
+  for depth >= 2 the steps grow with i, and their gaps with depth.
+
+  Returns:
+    Columns run_id, index (1 = largest), target, step (NaN if never reached).
+  """
+  rows = []
+  for run_id, run in trajectories.sort_values("step").groupby("run_id", sort=True):
+    values = np.array([np.asarray(v, float)[:len(targets)]
+                       for v in run["step_singular_values"]])
+    steps = run["step"].to_numpy()
+    for i, target in enumerate(targets):
+      reached = (np.nonzero(values[:, i] >= target / 2)[0]
+                 if values.ndim == 2 and values.shape[1] > i else [])
+      rows.append((run_id, i + 1, float(target),
+                   float(steps[reached[0]]) if len(reached) else np.nan))
+  return pd.DataFrame(rows, columns=["run_id", "index", "target", "step"])
+
+
+def tracked_vs_loss(trajectories: pd.DataFrame, index: int = 0) -> pd.DataFrame:
+  """Tracked entry ``index`` of W (``track_entries``) against the train loss.
+
+  Razin & Cohen (2020): in their 2 x 2 completion |W_00| grows as the loss
+  falls, faster with depth.
+
+  Returns:
+    Columns run_id, step, step_train_loss, value (the entry), abs_value.
+  """
+  traj = trajectories[trajectories["tracked_values"].notna()]
+  values = [float(np.asarray(v, float)[index]) for v in traj["tracked_values"]]
+  out = traj[["run_id", "step", "step_train_loss"]].copy()
+  out["value"] = values
+  out["abs_value"] = np.abs(values)
+  return out.sort_values(["run_id", "step"]).reset_index(drop=True)

@@ -59,6 +59,13 @@ def _hyperparams(batch: list, slots: list, dtype):
   return train.Hyperparams.make(dtype=dtype, **values)
 
 
+@jax.jit
+def _gather(tree, index):
+  """``x[index]`` for every leaf: one compiled program per batch size (eager
+  indexing compiles one per leaf)."""
+  return jax.tree_util.tree_map(lambda x: x[index], tree)
+
+
 class Executor:
   """Runs batches of a plan and commits their results (in one process)."""
 
@@ -131,7 +138,7 @@ class Executor:
         return
       if decision.take is not None:
         take = np.asarray(decision.take)
-        state = self._put(jax.tree_util.tree_map(lambda x: x[take], state))
+        state = self._put(_gather(state, take))
         max_steps = [max_steps[s] for s in decision.take]
         slots, size = list(decision.slots), len(decision.slots)
 

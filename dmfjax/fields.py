@@ -125,12 +125,18 @@ RUN_FIELDS: tuple[Field, ...] = (
     _f("log_every", "int", 1000, "steps between trajectory rows", applies=DMF),
     _f("top_k", "int", 10, "singular values kept per trajectory row", applies=DMF),
     _f("alignment", "bool", False, "log the alignment of U^T grad l(W) V", applies=DMF),
+    _f("track_entries", "str", None,
+       "entries of W logged in every trajectory row (column tracked_values), as 'a:b' "
+       "pairs separated by ';', e.g. '0:0;1:2'", applies=DMF, nullable=True, neutral=None),
+    _f("store_matrix", "bool", False,
+       "store the final end-to-end matrix W in the runs table (column end_to_end, "
+       "row-major)", neutral=False),
     _f("dtype", "str", "float32", "'float32' or 'float64' (verification)"),
     _f("nn_tol", "float", 1e-6, "nuclear_norm: solver tolerance", applies=NUCLEAR_NORM),
     _f("nn_max_iters", "int", 5000, "nuclear_norm: iteration cap", applies=NUCLEAR_NORM),
     _f("nn_eps", "float", 0.0,
        "nuclear_norm: fit tolerance, |<A_i, W> - y_i| <= nn_eps (0: exact fit; the paper "
-       "used 1e-3; completion only)", applies=NUCLEAR_NORM, neutral=0.0),
+       "used 1e-3)", applies=NUCLEAR_NORM, neutral=0.0),
 )
 
 # Fields of a sweep that are not run fields (not grid axes).

@@ -256,6 +256,7 @@ def describe(p: Plan, spec: spec_lib.Spec) -> str:
                  f"<= {g.max_run_steps:,} run-steps, ~{size * g.per_run_bytes / 2**20:,.0f} MiB"
                  " per batch")
   lines.append(f"  at most {total:,} run-steps in all (runs stop earlier at stop_loss); "
-               f"at most {programs} programs to compile (once per machine: worker "
-               "processes share them through the compilation cache)")
+               f"at most {programs} kernel programs to compile (once per machine: "
+               "worker processes share them through the compilation cache; XLA also "
+               "compiles a few small host-to-device programs)")
   return "\n".join(lines)

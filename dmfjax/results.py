@@ -75,7 +75,7 @@ RESULT_COLUMNS = [
     ("train_loss", _f64), ("reconstruction_error", _f64), ("test_error", _f64),
     ("nuclear_norm", _f64), ("effective_rank", _f64),
     ("truth_nuclear_norm", _f64), ("truth_effective_rank", _f64),
-    ("singular_values", pa.list_(_f64)),
+    ("singular_values", pa.list_(_f64)), ("end_to_end", pa.list_(_f64)),
     ("solver_iterations", _i64), ("constraint_residual", _f64),
     ("optimality_gap", _f64),
 ]
@@ -101,7 +101,7 @@ TRAJECTORIES_SCHEMA = pa.schema([
     ("step_reconstruction_error", _f64), ("step_test_error", _f64),
     ("step_nuclear_norm", _f64), ("step_effective_rank", _f64),
     ("step_singular_values", pa.list_(_f64)), ("alignment_diag", pa.list_(_f64)),
-    ("alignment_offdiag", _f64),
+    ("alignment_offdiag", _f64), ("tracked_values", pa.list_(_f64)),
 ])
 
 SCHEMAS = {RUNS: RUNS_SCHEMA, TRAJECTORIES: TRAJECTORIES_SCHEMA}

@@ -30,8 +30,8 @@ def _value(x):
   if x is None:
     return None
   x = np.asarray(x)
-  if x.ndim:
-    return x.astype(np.float64).tolist()
+  if x.ndim:  # a vector, or a matrix stored row-major
+    return x.astype(np.float64).ravel().tolist()
   return x.item()
 
 
@@ -44,7 +44,8 @@ def run_row(run: dict, summary: train.RunSummary, s: int, **extra) -> dict:
   """
   row = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in run.items()}
   for f in dataclasses.fields(summary):
-    row[_SUMMARY_COLUMN.get(f.name, f.name)] = _value(getattr(summary, f.name)[s])
+    value = getattr(summary, f.name)
+    row[_SUMMARY_COLUMN.get(f.name, f.name)] = None if value is None else _value(value[s])
   row["status"] = train.STATUS_NAMES[row["status"]]
   row["diverged_step"] = row["steps"] if row["status"] == "diverged" else None
   row.update(extra)

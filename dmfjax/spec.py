@@ -39,7 +39,7 @@ import pathlib
 import traceback
 from typing import Any
 
-from dmfjax import datafiles, fields, models, optimizers
+from dmfjax import datafiles, fields, models, optimizers, train
 from dmfjax.numerics import DTYPES
 from dmfjax.problems import PROBLEM_KINDS
 
@@ -253,6 +253,13 @@ def validate_run(run: dict, data_pending: bool = False) -> None:
       _fail("loss", f"unknown loss {run['loss']!r}; allowed: {fields.LOSSES}", run)
     if not _is_int(run["log_every"]) or run["log_every"] < 1:
       _fail("log_every", f"must be an integer >= 1, got {run['log_every']!r}", run)
+    try:
+      entries = train.parse_entries(run["track_entries"])
+    except ValueError as e:
+      _fail("track_entries", str(e).split(": ", 1)[1], run)
+    for a, b in entries:
+      if a >= n or b >= m:
+        _fail("track_entries", f"entry {a}:{b} is outside the {n} x {m} matrix", run)
     if not _is_int(run["top_k"]) or run["top_k"] < 1:
       _fail("top_k", f"must be an integer >= 1, got {run['top_k']!r}", run)
   else:
@@ -262,9 +269,6 @@ def validate_run(run: dict, data_pending: bool = False) -> None:
       _fail("nn_max_iters", f"must be an integer >= 1, got {run['nn_max_iters']!r}", run)
     if not _is_num(run["nn_eps"]) or run["nn_eps"] < 0:
       _fail("nn_eps", f"must be a number >= 0, got {run['nn_eps']!r}", run)
-    if run["nn_eps"] > 0 and run["problem"] == "sensing":
-      _fail("nn_eps", "the tolerance form is solved for completion (and ratings) only; "
-            "use nn_eps=0 for sensing", run)
   if run["problem"] == "ratings":
     if not _is_num(run["test_fraction"]) or not 0 <= run["test_fraction"] < 1:
       _fail("test_fraction", f"must be in [0, 1), got {run['test_fraction']!r}", run)

@@ -151,6 +151,7 @@ class LogRecord:
   singular_values: jax.Array   # top_k
   alignment_diag: Optional[jax.Array]
   alignment_offdiag: Optional[jax.Array]
+  tracked_values: Optional[jax.Array]  # W at cfg.track_entries, or None
 
 
 @pytree.dataclass
@@ -166,6 +167,7 @@ class RunSummary:
   truth_nuclear_norm: jax.Array
   truth_effective_rank: jax.Array
   constraint_residual: jax.Array
+  end_to_end: Optional[jax.Array] = None  # the final W, with cfg.store_matrix
 
 
 def _keys(hp: Hyperparams):
@@ -282,9 +284,24 @@ def _reconstruction_error(problem, w):
   return metrics.reconstruction_error(w, problem.w_star)
 
 
+def parse_entries(text: Optional[str]) -> tuple:
+  """``'a:b;c:d'`` -> ((a, b), (c, d)); () for None. Raises ValueError."""
+  if not text:
+    return ()
+  try:
+    pairs = tuple(tuple(int(i) for i in item.split(":")) for item in text.split(";"))
+  except ValueError:
+    pairs = ((),)
+  if any(len(p) != 2 or min(p) < 0 for p in pairs):
+    raise ValueError(f"track_entries: expected 'a:b' pairs separated by ';', got {text!r}")
+  return pairs
+
+
 def log_record(cfg: RunConfig, state: RunState) -> LogRecord:
   """Metrics of the current end-to-end matrix (one SVD per call)."""
   w = models.end_to_end(state.factors)
+  entries = parse_entries(cfg.track_entries)
+  tracked = (w[tuple(jnp.asarray(i) for i in zip(*entries))] if entries else None)
   sigma = metrics.singular_values(w)
   diag = offdiag = None
   if cfg.alignment:
@@ -297,7 +314,7 @@ def log_record(cfg: RunConfig, state: RunState) -> LogRecord:
                    nuclear_norm=metrics.nuclear_norm(sigma),
                    effective_rank=metrics.effective_rank(sigma),
                    singular_values=sigma[:cfg.top_k], alignment_diag=diag,
-                   alignment_offdiag=offdiag)
+                   alignment_offdiag=offdiag, tracked_values=tracked)
 
 
 def advance(cfg: RunConfig, state: RunState, num_logs: int):
@@ -322,11 +339,12 @@ def final_status(state: RunState, loss: jax.Array) -> jax.Array:
   return jnp.where(exhausted, resolved, state.status).astype(jnp.int32)
 
 
-def summarize(problem, w: jax.Array, step, status, loss_kind: Optional[str] = "mean"
-              ) -> RunSummary:
+def summarize(problem, w: jax.Array, step, status, loss_kind: Optional[str] = "mean",
+              store_matrix: bool = False) -> RunSummary:
   """Final metrics of an end-to-end matrix ``w`` for ``problem``.
 
-  ``train_loss`` is the :func:`objective` of kind ``loss_kind``.
+  ``train_loss`` is the :func:`objective` of kind ``loss_kind``; with
+  ``store_matrix`` the summary holds ``w`` itself.
   """
   sigma = metrics.singular_values(w)
   if problem.w_star is not None:
@@ -341,14 +359,16 @@ def summarize(problem, w: jax.Array, step, status, loss_kind: Optional[str] = "m
                     effective_rank=metrics.effective_rank(sigma),
                     singular_values=sigma, truth_nuclear_norm=truth_nn,
                     truth_effective_rank=truth_er,
-                    constraint_residual=problem.constraint_residual(w))
+                    constraint_residual=problem.constraint_residual(w),
+                    end_to_end=w if store_matrix else None)
 
 
 def finalize(cfg: RunConfig, state: RunState) -> RunSummary:
   """Final metrics of a run (full singular spectrum)."""
   w = models.end_to_end(state.factors)
   loss = objective(state.problem, w, cfg.loss)
-  return summarize(state.problem, w, state.step, final_status(state, loss), cfg.loss)
+  return summarize(state.problem, w, state.step, final_status(state, loss), cfg.loss,
+                   bool(cfg.store_matrix))
 
 
 def run(cfg: RunConfig, hp: Hyperparams, num_logs: int, problem=None):

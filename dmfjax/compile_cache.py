@@ -24,7 +24,6 @@ from typing import Optional
 
 import jax
 
-HIT_EVENT = "/jax/compilation_cache/cache_hits"
 _ENV_DIR = "JAX_COMPILATION_CACHE_DIR"
 _ENV_MIN_SECONDS = "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"
 

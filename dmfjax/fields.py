@@ -166,6 +166,14 @@ SEED_COLUMNS = ("seed", "problem_seed")
 CONFIG_COLUMNS = ("sweep",) + tuple(n for n in RUN_FIELD_NAMES if n not in SEED_COLUMNS)
 
 
+def is_neutral(name: str, value) -> bool:
+  """Whether ``value`` of field ``name`` is its ``neutral`` one (or None for a
+  field that has one): the run behaves as before the field existed."""
+  field = BY_NAME.get(name)
+  return (field is not None and field.neutral != ALWAYS
+          and (value is None or value == field.neutral))
+
+
 def applies_to(name: str, method: str, problem: str) -> bool:
   """Whether run field ``name`` means something for this method and problem."""
   where = BY_NAME[name].applies

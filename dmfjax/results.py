@@ -256,11 +256,10 @@ def _absent(data: pa.Table, name: str, type_: pa.DataType) -> pa.Array:
   value that reproduces the behaviour from before the field existed) in the
   rows it applies to."""
   field = fields.BY_NAME.get(name)
-  neutral = getattr(field, "neutral", None)
-  if field is None or neutral is None or neutral == getattr(fields, "ALWAYS", None) or not {
-      "method", "problem"} <= set(data.column_names):
+  if (field is None or field.neutral in (None, fields.ALWAYS)
+      or not {"method", "problem"} <= set(data.column_names)):
     return pa.nulls(data.num_rows, type_)
-  cells = [neutral if fields.applies_to(name, m, p) else None
+  cells = [field.neutral if fields.applies_to(name, m, p) else None
            for m, p in zip(data.column("method").to_pylist(), data.column("problem").to_pylist())]
   return pa.array(cells, type_)
 

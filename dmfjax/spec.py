@@ -307,13 +307,8 @@ def run_id(run: dict) -> str:
   A field added after runs were first stored is left out while it holds its
   ``neutral`` value (``fields.Field.neutral``), so those runs keep their ids.
   """
-  def counts(k, v):
-    field = fields.BY_NAME.get(k)
-    return not (field is not None and field.neutral != fields.ALWAYS
-                and (v is None or v == field.neutral))
-
   key = {k: v for k, v in sorted(run.items())
-         if k not in ("sweep", "run_id") and counts(k, v)}
+         if k not in ("sweep", "run_id") and not fields.is_neutral(k, v)}
   return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 

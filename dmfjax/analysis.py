@@ -1,7 +1,8 @@
 """Analysis: from the sweep driver's result tables to the numbers behind figures.
 
-A results directory ``OUT`` holds two tables (parquet, possibly in several
-parts) and a manifest:
+A results directory ``OUT`` (or a store on object storage, ``s3://bucket/prefix``:
+``dmfjax.storage``) holds two tables (parquet, possibly in several parts) and
+manifests:
 
 * ``OUT/runs``: one row per run (its configuration and final metrics),
 * ``OUT/trajectories``: one row per run per logged step,
@@ -31,13 +32,12 @@ of runs that recover per cell of a phase diagram.
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
 
-from dmfjax import fields, reading, results
+from dmfjax import fields, reading, results, storage
 
 SCHEMA_VERSION = results.SCHEMA_VERSION
 
@@ -51,21 +51,22 @@ STAT_COLUMNS = ("mean", "std", "median", "min", "max", "count")
 # --------------------------------------------------------------------------
 # Loading.
 
-def _table_path(results_dir, table: str) -> Path:
-  root = Path(results_dir).expanduser()
-  path = root / table
-  if not path.exists():
+def _check_table(results_dir, table: str) -> None:
+  """Raises FileNotFoundError naming ``results_dir`` unless it holds ``table``
+  (a directory, or a URI: ``s3://bucket/prefix``, ...)."""
+  loc = storage.location(results_dir)
+  path = loc.path / table if loc.is_local else None
+  if not (path.exists() if loc.is_local else results.store_exists(loc)):
     raise FileNotFoundError(
-        f"{root}: no {table!r} table (expected parquet files under {path}); "
-        "is this a dmfjax results directory?")
-  if path.is_dir() and not results.table_files(root, table):
+        f"{loc.uri()}: no {table!r} table (expected parquet files under "
+        f"{loc.uri(table)}); is this a dmfjax results directory?")
+  if loc.is_local and path.is_dir() and not results.table_files(loc, table):
     raise FileNotFoundError(f"{path}: the {table!r} table has no parquet files")
-  return path
 
 
 def _load(results_dirs, table, columns, filter_, run_ids=None):
   for d in results_dirs:
-    _table_path(d, table)
+    _check_table(d, table)
   return reading.load(results_dirs, table, columns, filter_, run_ids)
 
 
@@ -74,7 +75,7 @@ def load_manifests(results_dir) -> list[dict]:
 
   A version-1 directory's single ``manifest.json`` comes first.
   """
-  return reading.manifests(Path(results_dir).expanduser())
+  return reading.manifests(results_dir)
 
 
 def load_manifest(results_dir) -> dict:

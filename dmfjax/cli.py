@@ -18,7 +18,7 @@ import argparse
 import pathlib
 import sys
 
-from dmfjax import fields, specs
+from dmfjax import fields, specs, storage
 
 EXIT_BAD_INPUT, EXIT_WORKER_FAILED, EXIT_INTERRUPTED = 2, 1, 130
 
@@ -50,7 +50,8 @@ def _parser() -> argparse.ArgumentParser:
              "\nseeds=5 means seeds 0..4, seeds=[5] the seed 5.")
   _flag(s, "spec", required=True,
         help="a shipped spec's name (see `dmfjax specs`) or a spec file's path")
-  _flag(s, "out", help="the results directory (created; resumed if it exists)")
+  _flag(s, "out", help="the results directory or a URI such as s3://bucket/prefix "
+        "(created; resumed if it exists)")
   _flag(s, "set", action="append", default=[], metavar="FIELD=VALUE",
         help="override a spec field (repeatable)")
   _flag(s, "data", help="MovieLens u.data path for ratings runs (same as --set data=PATH)")
@@ -62,13 +63,24 @@ def _parser() -> argparse.ArgumentParser:
         help="repack unfinished runs into smaller batches (default: on)")
   s.add_argument("--norepack", dest="repack", action="store_false", help=argparse.SUPPRESS)
   _flag(s, "workers", type=int, help="worker processes (default: cores on a CPU, else 1)")
-  _flag(s, "report", action="store_true", help="write the report under OUT/report at the end")
+  _flag(s, "report", action="store_true",
+        help="write the report under OUT/report at the end (./NAME-report for a URI)")
   _flag(s, "compact", action=argparse.BooleanOptionalAction, default=True,
         help="compact the store's small files at the end (default: on)")
   s.add_argument("--nocompact", dest="compact", action="store_false", help=argparse.SUPPRESS)
   _flag(s, "wait", action="store_true",
         help="wait for another sweep of the same shard into --out to finish "
              "(default: exit 2 naming it)")
+  _flag(s, "distributed", action="store_true",
+        help="one process of a multi-process job (jax.distributed; SLURM, TPU pods and "
+             "Open MPI are detected): start the same command on every host")
+  _flag(s, "coordinator_address", metavar="HOST:PORT",
+        help="with --distributed where not detected: process 0's address")
+  _flag(s, "num_processes", type=int, help="with --distributed where not detected")
+  _flag(s, "process_id", type=int, help="with --distributed where not detected")
+  _flag(s, "ray", nargs="?", const="", metavar="ADDRESS",
+        help="run the batches as Ray tasks (extra dmfjax[ray]): on the cluster at "
+             "ADDRESS, or $RAY_ADDRESS if none is given; 'local' starts one here")
   _flag(s, "compile_cache", metavar="DIR",
         help="JAX's persistent compilation cache (default: $JAX_COMPILATION_CACHE_DIR or "
              "~/.cache/dmfjax/jax; 'none': off)")
@@ -95,8 +107,9 @@ def _sweep(args) -> int:
     if not args.memory_gb > 0:
       raise spec_lib.SpecError(f"memory_gb: must be > 0, got {args.memory_gb}")
     budget = int(args.memory_gb * 2**30)
+  _check_processes(args)
   if args.dry_run:
-    out = args.out if args.out and pathlib.Path(args.out).exists() else None
+    out = args.out if args.out and storage.has_results(args.out) else None
     p = planner.plan(spec, out, args.num_shards, args.shard_index, budget,
                      workers=args.workers)
     print(planner.describe(p, spec))
@@ -104,10 +117,16 @@ def _sweep(args) -> int:
   if not args.out:
     raise spec_lib.SpecError("out: --out DIR is required")
   compile_cache.enable(args.compile_cache)
+  leader = True
+  if args.distributed:
+    from dmfjax import multihost
+    multihost.initialize(args.coordinator_address, args.num_processes, args.process_id)
+    import jax
+    leader = jax.process_index() == 0
   try:
     p = sweep.run_sweep(spec, args.out, args.num_shards, args.shard_index, budget,
                         repack=args.repack, workers=args.workers, compact=args.compact,
-                        wait=args.wait)
+                        wait=args.wait, ray_address=args.ray, distributed=args.distributed)
   except workers.WorkerError as e:
     print(f"error: {e}\n[dmfjax] runs that finished are written under {args.out}; "
           "run the same command again to resume.", file=sys.stderr)
@@ -116,6 +135,8 @@ def _sweep(args) -> int:
     print(f"[dmfjax] interrupted: finished runs are written under {args.out}; "
           "run the same command again to resume.", file=sys.stderr)
     return EXIT_INTERRUPTED
+  if not leader:  # process 0 prints the table of the whole job
+    return 0
   ids = {r["run_id"] for r in p.runs}
   runs = results.read_table(args.out)
   print(sweep.summary_table(runs[runs.run_id.isin(ids)]))
@@ -124,16 +145,39 @@ def _sweep(args) -> int:
   if args.report:
     try:
       from dmfjax import report
-      path = report.write_report([args.out], pathlib.Path(args.out) / "report")
+      path = report.write_report([args.out], _report_dir(args.out))
       print(f"report: {path}")
     except ImportError as e:
       print(f"report skipped ({e}); install the 'plot' extra: pip install 'dmfjax[plot]'")
   return 0
 
 
+def _check_processes(args) -> None:
+  """The flags of --distributed, checked before connecting to the job."""
+  from dmfjax import spec as spec_lib
+  n, i = args.num_processes, args.process_id
+  if n is not None and n < 1:
+    raise spec_lib.SpecError(f"num_processes: must be an integer >= 1, got {n}")
+  if i is not None and not 0 <= i < (n or i + 1):
+    raise spec_lib.SpecError(f"process_id: must be an integer in [0, {n}), got {i}")
+  for name in ("coordinator_address", "num_processes", "process_id"):
+    if getattr(args, name) is not None and not args.distributed:
+      raise spec_lib.SpecError(f"{name}: only with --distributed")
+  if args.distributed and (args.ray is not None or args.num_shards != 1):
+    raise spec_lib.SpecError("distributed: each process is a shard of the job; "
+                             "use it without --num_shards/--shard_index and --ray")
+
+
+def _report_dir(out: str) -> pathlib.Path:
+  """Where ``sweep --report`` writes: OUT/report, or ./NAME-report for a URI."""
+  if storage.is_uri(out):
+    return pathlib.Path(f"{out.rstrip('/').rsplit('/', 1)[-1]}-report")
+  return pathlib.Path(out) / "report"
+
+
 def _report(args) -> int:
   for d in args.results:
-    if not (pathlib.Path(d) / "runs").is_dir():
+    if not storage.has_results(d):
       print(f"error: results: {d!r} is not a dmfjax results directory (no runs/ table)",
             file=sys.stderr)
       return EXIT_BAD_INPUT
@@ -145,8 +189,8 @@ def _report(args) -> int:
 
 def _compact(args) -> int:
   from dmfjax import compaction, recovery, results
-  out = pathlib.Path(args.out)
-  if not (out / results.RUNS).is_dir():
+  out = args.out
+  if not storage.has_results(out):
     raise results.ResultsError(f"results: {args.out!r} is not a dmfjax results directory "
                                "(no runs/ table)")
   for msg in recovery.recover(out):

@@ -34,6 +34,18 @@ A kill before 2 leaves staging files (removed by the next writer); a kill
 after the log entry and before a swap is finished by ``recovery`` (it swaps
 in the logged state), so the store is either before or after the compaction.
 Repairs (``recovery``) use the same rewrite, dropping the rows of bad runs.
+
+On an object store there is no directory to exchange. Under the compaction
+lease (``locks``), the outputs are PUT under ``_staging/compact-<id>/``, one
+log entry removes the inputs and adds the outputs (the commit point), the
+outputs are copied into the tables (``txlog.publish``), the inputs deleted,
+and the log checkpointed. dmfjax's readers follow the log (``reading``): before
+the entry they read the inputs, after it the outputs (from staging until they
+are copied), every row exactly once. A bare glob of ``runs/*.parquet`` is
+not atomic there: between the copy and the deletes (typically well under a
+second) it lists the old and the new files, and sees those rows twice; use
+``results.committed_files`` with DuckDB or polars instead. A kill after the
+entry is rolled forward by ``recovery`` (copy in, delete the inputs).
 """
 
 from __future__ import annotations
@@ -42,7 +54,6 @@ import ctypes
 import errno
 import os
 import pathlib
-import shutil
 import time
 import uuid
 
@@ -50,7 +61,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from dmfjax import locks, results, txlog
+from dmfjax import locks, results, storage, txlog
 from dmfjax.results import RUNS, STAGING, TRAJECTORIES
 
 TARGET_FILE_BYTES = 256 * 2**20   # a large file; smaller than half of it is "small"
@@ -110,28 +121,29 @@ def swap_in(out: pathlib.Path, table: str, remove, add: dict, work: pathlib.Path
   txlog.fsync_dir(out)
 
 
-def _read(out: pathlib.Path, table: str, name: str, meta: dict | None, where=None):
-  path = (where or out / table) / name
-  data = path.read_bytes()
+def _read(loc: storage.Location, table: str, name: str, meta: dict | None):
+  key = f"{table}/{name}"
+  data = loc.read_bytes(key)
   if meta is not None and (len(data) != meta["bytes"]
                            or txlog.sha256_bytes(data) != meta["sha256"]):
-    raise results.ResultsError(f"{path}: checksum mismatch (recorded at commit: "
+    raise results.ResultsError(f"{loc.uri(key)}: checksum mismatch (recorded at commit: "
                                f"{meta['bytes']} bytes, sha256 {meta['sha256'][:12]}...)")
-  return results.read_file(path, table, data=data)
+  return results.read_file(loc.uri(key), table, data=data)
 
 
-def rewrite(out, table: str, inputs: list, state: txlog.State, work: pathlib.Path,
+def rewrite(out, table: str, inputs: list, state: txlog.State, work: str,
             drop_run_ids=frozenset(), target_bytes: int = TARGET_FILE_BYTES) -> list[dict]:
   """Rewrites ``inputs`` (names in ``out/table``) into sorted large files.
 
-  Rows of ``drop_run_ids`` are left out. Outputs go to ``work/<table>/``;
-  returns their log records. Raises if an input is unreadable or does not
-  match its checksum (recovery quarantines it first).
+  Rows of ``drop_run_ids`` are left out. Outputs go to ``work/<table>/``
+  (``work`` relative to the store); returns their log records. Raises if an
+  input is unreadable or does not match its checksum (recovery quarantines
+  it first).
   """
-  out = pathlib.Path(out)
-  (work / table).mkdir(parents=True, exist_ok=True)
+  loc = storage.location(out)
   logged = state.files[table]
-  sizes = {n: (out / table / n).stat().st_size for n in inputs}
+  present = loc.sizes(table)
+  sizes = {n: present.get(n, 0) for n in inputs}
   batches, batch, size = [], [], 0
   for name in sorted(inputs):
     if batch and size + sizes[name] > BATCH_BYTES:
@@ -144,7 +156,7 @@ def rewrite(out, table: str, inputs: list, state: txlog.State, work: pathlib.Pat
   drop = pa.array(sorted(drop_run_ids), pa.string())
   metas = []
   for batch in batches:
-    data = pa.concat_tables([_read(out, table, n, logged.get(n)) for n in batch])
+    data = pa.concat_tables([_read(loc, table, n, logged.get(n)) for n in batch])
     if len(drop):
       data = data.filter(pc.invert(pc.is_in(data.column("run_id"), value_set=drop)))
     if not data.num_rows:
@@ -156,38 +168,53 @@ def rewrite(out, table: str, inputs: list, state: txlog.State, work: pathlib.Pat
     rows -= rows % ROW_GROUP_ROWS[table] if rows > ROW_GROUP_ROWS[table] else 0
     for start in range(0, data.num_rows, rows):
       piece = data.slice(start, rows)
-      path = work / table / f"part-compact-{uuid.uuid4().hex[:12]}.parquet"
-      results.write_parquet(piece, path, row_group_size=ROW_GROUP_ROWS[table],
-                            sorting_columns=[pq.SortingColumn(i) for i in (
-                                [0] if table == RUNS else [0, 1])])
-      metas.append(dict(txlog.file_meta(path, piece), schema=results.schema_id(table)))
+      key = f"{work}/{table}/part-compact-{uuid.uuid4().hex[:12]}.parquet"
+      meta = results.put_parquet(loc, key, piece, row_group_size=ROW_GROUP_ROWS[table],
+                                 sorting_columns=[pq.SortingColumn(i) for i in (
+                                     [0] if table == RUNS else [0, 1])])
+      metas.append(dict(meta, schema=results.schema_id(table)))
   return metas
 
 
-def commit_rewrite(out: pathlib.Path, op: str, inputs: dict, outputs: dict,
-                   work: pathlib.Path, **info) -> txlog.State:
-  """Under the commit lock: logs and swaps in a rewrite (see module docstring).
+def _changed(state: txlog.State, present: set, op: str, table: str, names) -> list:
+  """Inputs that are no longer what the rewrite read: committed inputs must
+  still be; a repair also rewrites unlogged files."""
+  return [n for n in names if n not in present or n in state.removed[table]
+          or (op == "compact" and n not in state.files[table])]
+
+
+def commit_rewrite(out, op: str, inputs: dict, outputs: dict, work: str,
+                   **info) -> txlog.State:
+  """Logs and places a rewrite (see the module docstring): locally under the
+  commit lock with directory swaps; on an object store (under the compaction
+  lease) by copies and deletes.
 
   Raises ``Busy`` when an input is no longer committed (another process
   rewrote or quarantined it meanwhile); the outputs are then discarded.
   """
-  with locks.commit_lock(out):
-    state = txlog.load(out)
+  loc = storage.location(out)
+  with locks.commit_lock(loc):
+    state = txlog.load(loc)
     for table, names in inputs.items():
-      # Committed inputs must still be; a repair also rewrites unlogged files.
-      gone = [n for n in names if not (out / table / n).exists() or n in state.removed[table]
-              or (op == "compact" and n not in state.files[table])]
+      gone = _changed(state, set(loc.names(table)), op, table, names)
       if gone:
         raise Busy(f"{table}/{gone[0]} changed during the {op}")
-    entry = txlog.commit(out, op, add=outputs, remove=inputs,
-                         source=str(work.relative_to(out)), **info)
+    entry = txlog.commit(loc, op, add=outputs, remove=inputs, source=work, **info)
     state.apply(entry)
-    old = work / "replaced"
-    for table in (TRAJECTORIES, RUNS):
+    if not loc.is_local:
+      txlog.publish(loc, work, outputs)
+      for table, names in inputs.items():
+        for name in names:
+          loc.delete(f"{table}/{name}")
+      txlog.checkpoint(loc, state)
+      return state
+    old = loc.path / work / "replaced"
+    for table in txlog.COMMIT_ORDER:
       if inputs.get(table) or outputs.get(table):
-        swap_in(out, table, inputs.get(table, ()),
-                {m["name"]: work / table / m["name"] for m in outputs.get(table, ())}, old)
-    txlog.checkpoint(out, state)
+        swap_in(loc.path, table, inputs.get(table, ()),
+                {m["name"]: loc.path / work / table / m["name"]
+                 for m in outputs.get(table, ())}, old)
+    txlog.checkpoint(loc, state)
   return state
 
 
@@ -208,29 +235,31 @@ def compact(out, target_bytes: int = TARGET_FILE_BYTES, invocation: str | None =
   Returns figures: files and rows before and after, bytes, seconds. Raises
   ``Busy`` if another compaction holds the lock.
   """
-  out = pathlib.Path(out)
+  loc = storage.location(out)
   t0 = time.perf_counter()
-  lock = locks.FileLock(out, "compact.lock", "compact")
+  lock = locks.lock(loc, "compact.lock", "compact")
   try:
     lock.acquire()
   except locks.LockHeld as e:
     raise Busy(str(e)) from None
-  work = out / STAGING / f"compact-{uuid.uuid4().hex[:12]}"
+  work = f"{STAGING}/compact-{uuid.uuid4().hex[:12]}"
   try:
-    state = txlog.load(out)
-    inputs = {t: to_rewrite(out, state, t, target_bytes) for t in (RUNS, TRAJECTORIES)}
+    state = txlog.load(loc)
+    inputs = {t: to_rewrite(loc, state, t, target_bytes) for t in (RUNS, TRAJECTORIES)}
     inputs = {t: names for t, names in inputs.items() if names}
-    figures = dict(files_before=sum(len(results.table_files(out, t))
+    figures = dict(files_before=sum(len(results.table_files(loc, t))
                                     for t in (RUNS, TRAJECTORIES)), rewritten=0, written=0)
     if inputs:
-      outputs = {t: rewrite(out, t, names, state, work, target_bytes=target_bytes)
+      outputs = {t: rewrite(loc, t, names, state, work, target_bytes=target_bytes)
                  for t, names in inputs.items()}
-      commit_rewrite(out, "compact", inputs, outputs, work, invocation=invocation)
+      commit_rewrite(loc, "compact", inputs, outputs, work, invocation=invocation)
       figures.update(rewritten=sum(map(len, inputs.values())),
                      written=sum(map(len, outputs.values())))
-    figures["files_after"] = sum(len(results.table_files(out, t)) for t in (RUNS, TRAJECTORIES))
+    # Only now: after a failure past the log entry, the staged outputs are
+    # committed files that recovery rolls forward (it removes them otherwise).
+    loc.delete_tree(work)
+    figures["files_after"] = sum(len(results.table_files(loc, t)) for t in (RUNS, TRAJECTORIES))
     figures["seconds"] = time.perf_counter() - t0
     return figures
   finally:
-    shutil.rmtree(work, ignore_errors=True)
     lock.release()

@@ -34,7 +34,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from dmfjax import (batching, datafiles, fields, nuclear_norm, numerics, provenance, results,
                     rows, sparse, train, workers as workers_lib)
 from dmfjax.planner import Group, Plan
-from dmfjax.progress import CACHE_HIT_EVENT, COMPILE_EVENT, ForwardedProgress, Progress
+from dmfjax.progress import ForwardedProgress, Progress
 
 
 class Interrupted(Exception):
@@ -90,9 +90,12 @@ class Executor:
       else:
         self._run_nuclear_norm_batch(g, batch)
 
-  def execute(self):
-    for g, batch in self.plan.batches():
-      self.run_batch(g, batch)
+  def execute(self, order=None):
+    """Runs the plan's batches: all in plan order, or those that ``order``
+    (an iterator of batch indices, e.g. ``multihost.Coordinator.claims``) yields."""
+    batches = self.plan.batches()
+    for k in (range(len(batches)) if order is None else order):
+      self.run_batch(*batches[k])
       self.check_interrupt()
 
   def _run_dmf_batch(self, g: Group, batch: list):
@@ -193,23 +196,19 @@ def _worker(index: int, next_task, emit, plan: Plan, out: str, tag: str, repack:
     executor.run_batch(*batches[k])
 
 
-def execute_in_workers(executor: Executor, out, tag: str):
+def execute_in_workers(executor: Executor, out, tag: str, order=None):
   """Runs the plan's batches on ``plan.workers`` worker processes.
 
-  They commit with the executor's writer's provenance and invocation id.
+  ``order``: as in :meth:`Executor.execute`. They commit with the executor's
+  writer's provenance and invocation id.
   """
   p, progress = executor.plan, executor.progress
 
   def on_event(kind, index, payload):
-    if kind == "progress":
-      progress.update(**payload)
-    elif kind == "compile":
-      progress.on_event_duration(COMPILE_EVENT, payload)
-    elif kind == "cache_hit":
-      progress.on_event(CACHE_HIT_EVENT)
+    progress.apply(kind, payload)
 
   num_batches = len(p.batches())
-  workers_lib.run(min(p.workers, num_batches), num_batches, _worker,
+  workers_lib.run(min(p.workers, num_batches), num_batches if order is None else order, _worker,
                   (p, str(out), tag, executor.repack, executor.writer.stamp,
                    executor.writer.invocation_id), on_event,
                   stop_requested=lambda: executor.stop_requested,

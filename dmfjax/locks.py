@@ -1,22 +1,26 @@
-"""Locks of a results directory: one writer per shard, short commit sections.
+"""Locks of a results store: one writer per shard, short commit sections.
 
-All lock files live in ``OUT/_locks/``. A lock is an ``flock`` on its file
-(released by the kernel when the holding process dies, however it dies); the
-file's content names the holder (pid, host, start time, command line), so a
-refusal can say who holds it, and a lock left by a dead process is recognised
-(its file still names the holder, but nobody holds the flock) and taken over.
-Lock files are never deleted (deleting a file others may be waiting on races
-with them); releasing empties it.
+All locks live in ``OUT/_locks/``. In a local directory a lock is an
+``flock`` on its file (released by the kernel when the holding process dies,
+however it dies); the file's content names the holder (pid, host, start
+time, command line), so a refusal can say who holds it, and a lock left by a
+dead process is recognised (its file still names the holder, but nobody holds
+the flock) and taken over. Lock files are never deleted (deleting a file
+others may be waiting on races with them); releasing empties it. On an object
+store (no flock) a lock is a lease of claim objects under ``_locks/<name>/``,
+refreshed by its holder (``leases``); ``lock`` and ``held`` pick the kind.
 
 * ``sweep-s<I>of<K>.lock``: the writer of shard I of K (``--num_shards K
   --shard_index I``; an unsharded sweep is ``s0of1``). Held for a whole sweep
   by the sweep process; its worker processes write under it (they die with it).
   A sweep also refuses to start next to a live sweep with another shard count
   (the two would run the same runs).
-* ``commit.lock``: held for a few milliseconds by every commit (an append, a
-  compaction's swap, recovery), so that commits are serialized and the
-  transaction log's sequence numbers are dense.
-* ``compact.lock``: one compaction at a time.
+* ``commit.lock`` (local only): held for a few milliseconds by every commit
+  (an append, a compaction's swap, recovery), so that commits are serialized
+  and the transaction log's sequence numbers are dense. Object stores need
+  none (``txlog``): ``commit_lock`` is empty there.
+* ``compact.lock``: one compaction at a time; on an object store also held by
+  ``recovery`` (``recovery_lock``), which rewrites files like a compaction.
 """
 
 from __future__ import annotations
@@ -27,12 +31,13 @@ import fcntl
 import json
 import os
 import pathlib
+import re
 import socket
 import sys
 import threading
 import time
 
-from dmfjax import provenance
+from dmfjax import provenance, storage
 
 LOCKS = "_locks"
 
@@ -55,11 +60,19 @@ def describe(holder: dict) -> str:
           f"{holder.get('started_at')} ({holder.get('command', '?')})")
 
 
+def identity() -> dict:
+  """Who holds a lock: this process (pid, host, start time, command line)."""
+  return dict(pid=os.getpid(), host=socket.gethostname(),
+              started_at=provenance.iso(provenance.utc_now()),
+              command=" ".join(os.path.basename(a) if i == 0 else a
+                               for i, a in enumerate(sys.argv))[:300])
+
+
 class FileLock:
   """An exclusive lock on ``OUT/_locks/<name>`` with the holder's identity."""
 
   def __init__(self, out, name: str, what: str):
-    self.path = pathlib.Path(out) / LOCKS / name
+    self.path = storage.location(out).path / LOCKS / name
     self.what = what
     self.fd: int | None = None
     self.took_over: dict | None = None  # the dead holder whose lock we took
@@ -84,11 +97,7 @@ class FileLock:
     # Nobody else holds the flock: a holder named in the file is gone (its
     # process died without releasing; the kernel dropped its flock).
     self.took_over = _holder(self.path) or None
-    info = dict(pid=os.getpid(), host=socket.gethostname(),
-                started_at=provenance.iso(provenance.utc_now()),
-                command=" ".join(os.path.basename(a) if i == 0 else a
-                                 for i, a in enumerate(sys.argv))[:300])
-    data = json.dumps(info).encode()
+    data = json.dumps(identity()).encode()
     os.pwrite(fd, data, 0)  # then truncate: the file never reads empty while held
     os.ftruncate(fd, len(data))
     self.fd = fd
@@ -111,9 +120,24 @@ class FileLock:
     self.release()
 
 
+def lock(out, name: str, what: str):
+  """The lock ``name`` of ``out`` (not yet acquired): a FileLock, or a
+  ``leases.Lease`` on an object store; both have ``acquire(wait)``,
+  ``release()`` and ``took_over``."""
+  loc = storage.location(out)
+  if loc.is_local:
+    return FileLock(loc.path, name, what)
+  from dmfjax import leases
+  return leases.Lease(loc, name, what)
+
+
 def held(out, name: str) -> dict | None:
   """The holder of lock ``name`` if a live process holds it, else None."""
-  path = pathlib.Path(out) / LOCKS / name
+  loc = storage.location(out)
+  if not loc.is_local:
+    from dmfjax import leases
+    return leases.held(loc, name)
+  path = loc.path / LOCKS / name
   if not path.exists():
     return None
   fd = os.open(path, os.O_RDWR)
@@ -128,24 +152,29 @@ def held(out, name: str) -> dict | None:
     os.close(fd)
 
 
-def shard_lock(out, num_shards: int, shard_index: int, wait: bool = False) -> FileLock:
+_SHARD_LOCK = re.compile(r"^sweep-s\d+of(\d+)\.lock$")
+
+
+def shard_lock(out, num_shards: int, shard_index: int, wait: bool = False):
   """Acquires the writer lock of one shard (raises LockHeld naming the holder).
 
   Also refuses when a live sweep with another shard count writes ``out``.
   """
+  loc = storage.location(out)
   tag = f"s{shard_index}of{num_shards}"
-  lock = FileLock(out, f"sweep-{tag}.lock",
-                  f"out: another sweep of shard {shard_index} of {num_shards}").acquire(wait)
-  for other in sorted((pathlib.Path(out) / LOCKS).glob("sweep-s*of*.lock")):
-    if other.name.endswith(f"of{num_shards}.lock"):
+  what = f"out: another sweep of shard {shard_index} of {num_shards}"
+  mine = lock(loc, f"sweep-{tag}.lock", what).acquire(wait)
+  for other in loc.children(LOCKS):
+    match = _SHARD_LOCK.match(other)
+    if not match or int(match.group(1)) == num_shards:
       continue
-    holder = held(out, other.name)
+    holder = held(loc, other)
     if holder is not None:
-      lock.release()
-      raise LockHeld(f"out: {out} is being written by a sweep with another shard count "
-                     f"({other.stem[6:]}: {describe(holder)}); shards of different "
+      mine.release()
+      raise LockHeld(f"out: {loc.uri()} is being written by a sweep with another shard "
+                     f"count ({other[6:-5]}: {describe(holder)}); shards of different "
                      "counts would run the same runs twice")
-  return lock
+  return mine
 
 
 # One commit lock per directory per process, re-entrant within the process.
@@ -155,12 +184,17 @@ _commit_mutex = threading.RLock()
 
 @contextlib.contextmanager
 def commit_lock(out):
-  """The short, exclusive commit section of ``out`` (blocks until free)."""
-  key = str(pathlib.Path(out).resolve())
+  """The short, exclusive commit section of a local ``out`` (blocks until
+  free); nothing on an object store, whose commits need no lock (``txlog``)."""
+  loc = storage.location(out)
+  if not loc.is_local:
+    yield
+    return
+  key = str(loc.path.resolve())
   with _commit_mutex:
     lock, depth = _commit_locks.get(key, (None, 0))
     if lock is None:
-      lock = FileLock(out, "commit.lock", "commit").acquire(wait=True)
+      lock = FileLock(loc.path, "commit.lock", "commit").acquire(wait=True)
     _commit_locks[key] = (lock, depth + 1)
     try:
       yield
@@ -171,3 +205,20 @@ def commit_lock(out):
         lock.release()
       else:
         _commit_locks[key] = (lock, depth - 1)
+
+
+@contextlib.contextmanager
+def recovery_lock(out):
+  """What ``recovery`` holds: the commit lock locally; on an object store the
+  compaction lock (waiting for it), so that two recoveries or a recovery and a
+  compaction never rewrite the same files."""
+  loc = storage.location(out)
+  if loc.is_local:
+    with commit_lock(loc):
+      yield
+    return
+  held_lock = lock(loc, "compact.lock", "recovery").acquire(wait=True)
+  try:
+    yield
+  finally:
+    held_lock.release()

@@ -191,14 +191,19 @@ def _check_int(name: str, value, low: int, high: Optional[int] = None) -> None:
 
 def plan(spec: spec_lib.Spec, out, num_shards: int = 1, shard_index: int = 0,
          memory_budget: Optional[int] = None, num_devices: Optional[int] = None,
-         workers: Optional[int] = None) -> Plan:
+         workers: Optional[int] = None, run_ids: Optional[set] = None,
+         split: Optional[int] = None) -> Plan:
   """Expands, filters and groups a spec. Raises SpecError on bad input.
 
   With ``workers`` = K > 1 each group is cut into at least K batches (when
   it has K runs), so that K worker processes can advance its runs at once,
   and the memory budget is shared by the K batches in flight. On a CPU a
   batch also holds at most ``cpu_batch_cap`` runs (a cache-sized working set).
-  ``out`` None plans as if nothing were finished.
+  ``split`` (default ``workers``): the least number of batches per group,
+  for more consumers than local workers (several processes or hosts).
+  ``out`` None plans as if nothing were finished; ``run_ids``: run only
+  these (a plan agreed with other processes: ``multihost``), without
+  reading ``out``.
   """
   if workers is None:
     workers = default_workers()
@@ -208,7 +213,10 @@ def plan(spec: spec_lib.Spec, out, num_shards: int = 1, shard_index: int = 0,
   runs = spec_lib.expand(spec)
   runs = [r for r in runs if shard_of(r["run_id"], num_shards) == shard_index]
   problems: list[str] = []
-  finished = results.finished_run_ids(out, problems) if out is not None else set()
+  if run_ids is not None:
+    finished = {r["run_id"] for r in runs} - set(run_ids)
+  else:
+    finished = results.finished_run_ids(out, problems) if out is not None else set()
   todo = [r for r in runs if r["run_id"] not in finished]
   if num_devices is None:
     num_devices = len(jax.local_devices())
@@ -234,7 +242,7 @@ def plan(spec: spec_lib.Spec, out, num_shards: int = 1, shard_index: int = 0,
     cap = min(spec.max_batch, fit, len(g.runs))
     if cpu:
       cap = min(cap, cpu_batch_cap(g.per_run_bytes) * num_devices)
-    g.batch_size = min(cap, math.ceil(len(g.runs) / workers))
+    g.batch_size = min(cap, math.ceil(len(g.runs) / max(workers, split or 1)))
   return Plan(runs=runs, todo=todo, groups=list(groups.values()), finished=finished,
               num_devices=num_devices, memory_budget=memory_budget, problems=problems,
               workers=workers, chunk_steps=spec.chunk_steps)

@@ -114,6 +114,15 @@ class Progress:
       print(f"[dmfjax] runs {self.done}/{self.total} | {self.status()}", file=self.stream,
             flush=True)
 
+  def apply(self, kind: str, payload=None):
+    """Applies one event of a :class:`ForwardedProgress` (a worker's or a Ray task's)."""
+    if kind == "progress":
+      self.update(**payload)
+    elif kind == "compile":
+      self.on_event_duration(COMPILE_EVENT, payload)
+    elif kind == "cache_hit":
+      self.on_event(CACHE_HIT_EVENT)
+
   def close(self):
     if self.bar is not None:
       self.bar.close()

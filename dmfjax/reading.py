@@ -1,8 +1,16 @@
-"""Reading a results store into pandas: typed frames, filters pushed down.
+"""Reading a results store: which files hold the committed rows, Arrow and pandas.
 
-The loading half of ``dmfjax.analysis`` (``load_runs``, ``load_trajectories``,
-``load_manifest``) on top of ``results.read_arrow``:
+The reading half of ``dmfjax.results`` (whose ``read_arrow``, ``read_table``,
+``finished_run_ids``, ``committed_files``, ``table_files`` are these) and the
+loading half of ``dmfjax.analysis`` (``load_runs``, ``load_trajectories``,
+``load_manifest``):
 
+* :func:`committed_files` / ``_resolve``: the files a reader reads. Locally
+  what a glob of the table directory sees (exact at any moment: see
+  ``compaction``); on an object store the log's state, so that a read during
+  a compaction or a commit sees every committed row exactly once;
+* :func:`read_arrow`: the rows, with column and filter pushdown, skipping
+  (and naming) unreadable files, reading again when a file moved under it;
 * :func:`pushdown` turns ``analysis.select``-style filters (``depth=3``,
   ``method=["dmf"]``, ``depth=None``, floats within 1e-9 relative) into a
   Parquet filter that keeps at least the rows ``select`` keeps, so that files
@@ -16,7 +24,9 @@ The loading half of ``dmfjax.analysis`` (``load_runs``, ``load_trajectories``,
 from __future__ import annotations
 
 import json
-from pathlib import Path
+import pathlib
+import time
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -24,7 +34,164 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from dmfjax import results
+from dmfjax import results, storage, txlog
+
+
+def _is_data(name: str) -> bool:
+  return name.endswith(".parquet") and not name.startswith((".", "_"))
+
+
+def table_files(out, table: str) -> list:
+  """The data files of a table as a glob sees them (hidden names skipped):
+  local paths, or on an object store the filesystem paths (``PurePosixPath``)."""
+  loc = storage.location(out)
+  names = [n for n in loc.names(table) if _is_data(n)]
+  if loc.is_local:
+    return [loc.path / table / n for n in names]
+  return [pathlib.PurePosixPath(loc.full(table, n)) for n in names]
+
+
+def store_exists(out) -> bool:
+  """Whether ``out`` holds a results store (a runs/ table or a transaction log)."""
+  loc = storage.location(out)
+  if loc.is_local:
+    return (loc.path / results.RUNS).is_dir() or (loc.path / txlog.LOG).is_dir()
+  return bool(loc.names(results.RUNS) or loc.names(txlog.LOG))
+
+
+def _resolve(loc: storage.Location, table: str):
+  """(log state, [(name, key)]): the files a reader of ``table`` reads.
+
+  Locally, what a glob sees (every row exactly once: see ``compaction``). On
+  an object store, through the log: the table is listed first and the log
+  loaded after, so every dmfjax file in the listing is known to the log;
+  files a compaction removed are skipped (they may be listed for a moment),
+  committed files not yet copied in are read from staging, and foreign files
+  are read as locally. A committed file in neither listing is looked for in
+  the table once more (a writer copies it in before it deletes the staged
+  copy), and else skipped: it is missing (``recovery`` reports it). A file
+  that moves meanwhile raises FileNotFoundError (read again).
+  """
+  present = [n for n in loc.names(table) if _is_data(n)]
+  state = txlog.load(loc)
+  if loc.is_local:
+    return state, [(n, f"{table}/{n}") for n in present]
+  keys = [(n, f"{table}/{n}") for n in present if n not in state.removed[table]]
+  listed = set(present)
+  pending = {n: state.source.get((table, n)) for n in state.files[table] if n not in listed}
+  staged = {s: set(loc.names(f"{s}/{table}")) for s in set(pending.values()) if s}
+  relisted = None
+  for name, source in sorted(pending.items()):
+    if source and name in staged[source]:
+      keys.append((name, f"{source}/{table}/{name}"))
+      continue
+    relisted = set(loc.names(table)) if relisted is None else relisted
+    if name in relisted:
+      keys.append((name, f"{table}/{name}"))
+  return state, keys
+
+
+def committed_files(out, table: str = results.RUNS) -> list[str]:
+  """The files holding ``table``'s committed rows, each exactly once (paths,
+  or URIs on an object store): for DuckDB, polars or pyarrow on a store where
+  a bare glob can see a compaction's old and new files at once."""
+  loc = storage.location(out)
+  return [loc.uri(key) for _, key in _resolve(loc, table)[1]]
+
+
+def _skip(path, error, problems) -> None:
+  msg = f"skipping unreadable or foreign results file {path}: {error}"
+  warnings.warn(msg, stacklevel=4)
+  if problems is not None:
+    problems.append(msg)
+
+
+def _read_once(loc, table, columns, filter, run_ids, problems) -> pa.Table:
+  state, files = _resolve(loc, table)
+  logged = state.files[table]
+  if run_ids is not None:  # the log knows each file's run_id range
+    lo, hi = min(run_ids, default=""), max(run_ids, default="")
+    files = [(n, k) for n, k in files if n not in logged
+             or logged[n]["min_run_id"] is None
+             or not (logged[n]["max_run_id"] < lo or logged[n]["min_run_id"] > hi)]
+  # Files with the current columns in one scan; older ones one by one (conform).
+  fast = [k for n, k in files if logged.get(n, {}).get("schema") == results.schema_id(table)]
+  pieces = []
+  if fast:
+    scan = ds.ParquetFileFormat(default_fragment_scan_options=ds.ParquetFragmentScanOptions(
+        page_checksum_verification=True))
+    filesystem = loc.arrow()[1]
+    try:
+      pieces.append(ds.dataset([loc.arrow(k)[0] for k in fast], schema=results.SCHEMAS[table],
+                               format=scan, filesystem=filesystem)
+                    .to_table(columns=columns, filter=filter))
+    except FileNotFoundError:
+      raise
+    except Exception:  # noqa: BLE001 - find and name the bad file(s) below
+      pieces, fast = [], []
+  for _, key in files:
+    if key in fast:
+      continue
+    try:
+      path, filesystem = loc.arrow(key)
+      pieces.append(results.read_file(path, table, columns, filter, filesystem=filesystem))
+    except FileNotFoundError:
+      raise
+    except Exception as e:  # noqa: BLE001 - any unreadable file is reported
+      _skip(loc.uri(key), e, problems)
+  schema = results.SCHEMAS[table]
+  if columns is not None:
+    schema = pa.schema([schema.field(c) for c in columns])
+  if not pieces:
+    return schema.empty_table()
+  return pa.concat_tables([t.cast(schema) if t.schema != schema else t for t in pieces])
+
+
+def read_arrow(out, table: str = results.RUNS, columns=None, filter=None, run_ids=None,
+               problems: list[str] | None = None) -> pa.Table:
+  """One table of a results directory as an Arrow table (any readable version).
+
+  ``columns`` and ``filter`` (a ``pyarrow.dataset`` expression over current
+  column names) are pushed down to Parquet; ``run_ids`` (a collection) keeps
+  those runs and skips files whose logged run_id range excludes them.
+  Unreadable or foreign files are reported (with their path) and skipped; a
+  read that overlaps a compaction's directory exchange (or, on an object
+  store, a file being copied in or deleted) is retried.
+  """
+  loc = storage.location(out)
+  if not ((loc.path / table).is_dir() if loc.is_local else store_exists(loc)):
+    raise results.ResultsError(f"results: {loc.uri()!r} has no {table}/ table "
+                               "(is it a dmfjax results directory?)")
+  if run_ids is not None:
+    run_ids = sorted(set(run_ids))
+    match = ds.field("run_id").isin(pa.array(run_ids, pa.string()))
+    filter = match if filter is None else (filter & match)
+  for attempt in range(10):
+    try:
+      return _read_once(loc, table, columns, filter, run_ids, problems)
+    except FileNotFoundError:
+      if attempt == 9:
+        raise
+      time.sleep(0.01 * attempt)
+
+
+def read_table(out, table: str = results.RUNS, problems: list[str] | None = None,
+               **kwargs) -> pd.DataFrame:
+  """One table of a results directory as a DataFrame (see :func:`read_arrow`)."""
+  return read_arrow(out, table, problems=problems, **kwargs).to_pandas()
+
+
+def finished_run_ids(out, problems: list[str] | None = None) -> set[str]:
+  """run_ids committed under ``out`` (empty if none).
+
+  After ``recovery.recover`` (the start of a sweep) these are exactly the
+  runs whose runs row and trajectory rows are whole.
+  """
+  loc = storage.location(out)
+  if not ((loc.path / results.RUNS).is_dir() if loc.is_local else store_exists(loc)):
+    return set()
+  ids = read_arrow(loc, results.RUNS, columns=["run_id"], problems=problems).column("run_id")
+  return set(ids.to_pylist())
 
 
 def _is_listlike(value) -> bool:
@@ -32,13 +199,13 @@ def _is_listlike(value) -> bool:
                             pd.Series))
 
 
-def manifests(root: Path) -> list[dict]:
-  """Every invocation's manifest under ``root``, oldest first (v1's first)."""
-  paths = [root / "manifest.json"] if (root / "manifest.json").exists() else []
-  if (root / results.MANIFESTS).is_dir():
-    paths += sorted(p for p in (root / results.MANIFESTS).glob("*.json")
-                    if not p.name.startswith("."))
-  return [json.loads(p.read_text()) for p in paths]
+def manifests(out) -> list[dict]:
+  """Every invocation's manifest under ``out``, oldest first (v1's first)."""
+  loc = storage.location(out)
+  keys = ["manifest.json"] if "manifest.json" in loc.names("") else []
+  keys += [f"{results.MANIFESTS}/{n}" for n in loc.names(results.MANIFESTS)
+           if n.endswith(".json") and not n.startswith(".")]
+  return [json.loads(loc.read_bytes(k)) for k in keys]
 
 
 # String columns with few distinct values: loaded as pandas categoricals.
@@ -96,8 +263,8 @@ def load(results_dirs, table: str, columns, filter_, run_ids=None) -> pa.Table:
   """One table of several results directories, concatenated (Arrow)."""
   tables = []
   for d in results_dirs:
-    tables.append(results.read_arrow(Path(d).expanduser(), table, columns=columns,
-                                     filter=filter_, run_ids=run_ids))
+    tables.append(read_arrow(storage.location(d), table, columns=columns, filter=filter_,
+                             run_ids=run_ids))
   return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
 
 

@@ -3,9 +3,9 @@
 ``recover(out)`` runs under the commit lock, in this order, and returns one
 message per thing it did (each naming the file):
 
-1. Leftovers: ``.tmp-*`` files (a kill while writing a log entry or a
-   manifest; version 1's temporary parts) are removed, version 1's
-   ``_corrupt-*`` files are moved to ``_quarantine/``.
+1. Leftovers: ``.tmp-*`` files (a kill while writing a log entry, or a
+   manifest if older than ``STALE_TMP_S``; version 1's temporary parts) are
+   removed, version 1's ``_corrupt-*`` files are moved to ``_quarantine/``.
 2. Materialize the log: committed files still in staging (a kill after the
    commit point) are renamed into place; files that a logged compaction
    removed but that are still present (a kill inside it) are swapped out.
@@ -24,98 +24,124 @@ message per thing it did (each naming the file):
    and the unlogged files (converted to the current version), are rewritten
    without them (``compaction.rewrite``, one atomic swap per table), so those
    runs are not finished and the sweep runs them again.
+
+On an object store (``storage``) the same steps run under the compaction
+lease instead of the commit lock (``locks.recovery_lock``: appends go on
+meanwhile, they need no lock there). Step 2 copies the staged files of
+logged commits into their tables and deletes the files a logged rewrite
+removed (``txlog.publish``; idempotent, so a writer finishing the same commit
+at the same time is harmless); a committed file counts as missing only when
+it is in neither place after its staged copy was looked for (a writer copies
+before it deletes). Quarantining is a copy and a delete.
 """
 
 from __future__ import annotations
 
-import os
-import pathlib
-import shutil
 import time
 import uuid
 
 import pandas as pd
 import pyarrow.parquet as pq
 
-from dmfjax import compaction, locks, results, txlog
+from dmfjax import compaction, locks, results, storage, txlog
 from dmfjax.results import QUARANTINE, RUNS, STAGING, TRAJECTORIES
 
-TABLES = (TRAJECTORIES, RUNS)  # the order in which a commit renames
+TABLES = txlog.COMMIT_ORDER
+STALE_TMP_S = 600  # a temporary file this old was left by a killed writer
 
 
-def _quarantine(out: pathlib.Path, path: pathlib.Path, table: str, reason: str,
+def _quarantine(loc: storage.Location, key: str, table: str, reason: str,
                 messages: list) -> None:
-  dest = out / QUARANTINE / f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{table}-{path.name}"
-  dest.parent.mkdir(parents=True, exist_ok=True)
-  os.replace(path, dest)
-  dest.with_name(dest.name + ".why.txt").write_text(f"{path}: {reason}\n")
-  messages.append(f"quarantined {path}: {reason}; moved to {dest}")
+  name = key.rsplit("/", 1)[-1]
+  dest = f"{QUARANTINE}/{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{table}-{name}"
+  loc.move(key, dest)
+  loc.put(f"{loc.uri(key)}: {reason}\n".encode(), dest + ".why.txt")
+  messages.append(f"quarantined {loc.uri(key)}: {reason}; moved to {loc.uri(dest)}")
 
 
-def _legacy(out: pathlib.Path, messages: list) -> None:
+def _legacy(loc: storage.Location, messages: list) -> None:
+  out = loc.path
   for sub in ("", RUNS, TRAJECTORIES, txlog.LOG, results.MANIFESTS):
     for p in (out / sub).glob(".tmp-*"):
-      if p.is_file():
-        p.unlink(missing_ok=True)
+      try:  # manifests are written without the lock: not one being written now
+        if p.is_file() and (sub in (RUNS, TRAJECTORIES, txlog.LOG)
+                            or time.time() - p.stat().st_mtime > STALE_TMP_S):
+          p.unlink(missing_ok=True)
+      except FileNotFoundError:
+        pass
   for table in (RUNS, TRAJECTORIES):
     for p in (out / table).glob("_corrupt-*"):
-      _quarantine(out, p, table, "quarantined by an earlier dmfjax", messages)
+      _quarantine(loc, f"{table}/{p.name}", table, "quarantined by an earlier dmfjax", messages)
 
 
-def _materialize(out: pathlib.Path, state: txlog.State, messages: list) -> dict:
-  """Rolls the table directories forward to the log; returns missing files."""
+def _materialize(loc: storage.Location, state: txlog.State, messages: list) -> dict:
+  """Rolls the tables forward to the log; returns the missing files."""
   lost = {t: [] for t in TABLES}
-  work = out / STAGING / f"swap-{uuid.uuid4().hex[:12]}"
+  work = f"{STAGING}/swap-{uuid.uuid4().hex[:12]}"
   for table in TABLES:
-    present = {p.name for p in results.table_files(out, table)}
+    present = set(loc.names(table))
     pending = {}
     for name in state.files[table]:
       source = state.source.get((table, name))
-      path = out / source / table / name if source else None
       if name in present:
         continue
-      if path is not None and path.exists():
-        pending[name] = path
-      else:
+      if source and loc.exists(f"{source}/{table}/{name}"):
+        pending[name] = source
+      elif not loc.exists(f"{table}/{name}"):  # not copied in meanwhile
         lost[table].append(name)
     stale = sorted(state.removed[table] & present)
+    if not loc.is_local:
+      for name, source in pending.items():
+        txlog.publish(loc, source, {table: [{"name": name}]})
+      for name in stale:
+        loc.delete(f"{table}/{name}")
+    elif stale:
+      compaction.swap_in(loc.path, table, stale,
+                         {n: loc.path / s / table / n for n, s in pending.items()},
+                         loc.path / work / "old")
+    else:
+      (loc.path / table).mkdir(exist_ok=True)
+      for name, source in pending.items():
+        loc.move(f"{source}/{table}/{name}", f"{table}/{name}")
+      if pending:
+        txlog.fsync_dir(loc.path / table)
     if stale:
-      compaction.swap_in(out, table, stale, pending, work / "old")
-      messages.append(f"finished an interrupted rewrite of {out / table} "
+      messages.append(f"finished an interrupted rewrite of {loc.uri(table)} "
                       f"({len(stale)} file(s) out, {len(pending)} in)")
     elif pending:
-      (out / table).mkdir(exist_ok=True)
-      for name, path in pending.items():
-        os.replace(path, out / table / name)
-      txlog.fsync_dir(out / table)
       messages.append(f"completed {len(pending)} {table} file(s) committed by a writer "
                       "that was killed before renaming them into place")
-  shutil.rmtree(work, ignore_errors=True)
+  loc.delete_tree(work)
   return lost
 
 
-def _clean_staging(out: pathlib.Path, own: tuple) -> None:
-  staging = out / STAGING
-  if not staging.is_dir():
-    return
-  compacting = locks.held(out, "compact.lock") is not None
-  for d in staging.iterdir():
-    if d.name.startswith("compact-"):
+def _clean_staging(loc: storage.Location, own: tuple) -> None:
+  # Locally rewrites swap under the commit lock (held here); on an object
+  # store recovery holds the compaction lease itself.
+  compacting = loc.is_local and locks.held(loc, "compact.lock") is not None
+  for name in loc.children(STAGING):
+    if name.startswith("compact-"):
       gone = not compacting
-    elif d.name.startswith("swap-"):
+    elif name.startswith("swap-"):
       gone = True
     else:
-      shard = d.name.split("-w")[0]
-      gone = shard in own or locks.held(out, f"sweep-{shard}.lock") is None
+      shard = name.split("-w")[0]
+      gone = shard in own or locks.held(loc, f"sweep-{shard}.lock") is None
     if gone:
-      shutil.rmtree(d, ignore_errors=True) if d.is_dir() else d.unlink(missing_ok=True)
+      loc.delete_tree(f"{STAGING}/{name}")
 
 
 def remove_staging(out, tag: str) -> None:
   """Removes the (by now empty) staging directories of shard ``tag`` and its
-  workers, once they all stopped writing; files there are left alone."""
-  staging = pathlib.Path(out) / STAGING
-  for d in staging.glob(f"{tag}*"):
+  workers, once they all stopped writing; files there are left alone. (On an
+  object store: the directory markers pyarrow leaves.)"""
+  loc = storage.location(out)
+  if not loc.is_local:
+    for name in loc.children(STAGING):
+      if (name == tag or name.startswith(f"{tag}-w")) and not loc.tree(f"{STAGING}/{name}"):
+        loc.delete_tree(f"{STAGING}/{name}")
+    return
+  for d in (loc.path / STAGING).glob(f"{tag}*"):
     if d.name == tag or d.name.startswith(f"{tag}-w"):
       for sub in sorted(d.rglob("*"), reverse=True) + [d]:
         if sub.is_dir():
@@ -125,57 +151,58 @@ def remove_staging(out, tag: str) -> None:
             pass
 
 
-def _verify(out: pathlib.Path, state: txlog.State, messages: list):
+def _verify(loc: storage.Location, state: txlog.State, messages: list):
   """Quarantines bad files; returns (logged files to drop, unlogged files kept)."""
   drop = {t: [] for t in TABLES}
   adopted = {t: [] for t in TABLES}
   for table in TABLES:
+    sizes = loc.sizes(table)
     for name, meta in sorted(state.files[table].items()):
-      path = out / table / name
-      if not path.exists():
+      if name not in sizes:
         continue
-      size = path.stat().st_size
-      if size != meta["bytes"]:
-        why = f"{size} bytes, {meta['bytes']} recorded at commit (truncated or overwritten)"
-      elif txlog.sha256_file(path) != meta["sha256"]:
+      if sizes[name] != meta["bytes"]:
+        why = f"{sizes[name]} bytes, {meta['bytes']} recorded at commit (truncated or overwritten)"
+      elif loc.sha256(f"{table}/{name}") != meta["sha256"]:
         why = "contents differ from the SHA-256 recorded at commit (corrupted)"
       else:
         continue
       if table == RUNS:
         why += f"; its {meta['rows']} run(s) will be run again"
-      _quarantine(out, path, table, why, messages)
+      _quarantine(loc, f"{table}/{name}", table, why, messages)
       drop[table].append(name)
-    for path in results.table_files(out, table):
+    for path in results.table_files(loc, table):
       if path.name in state.files[table] or path.name in state.removed[table]:
         continue
       try:
-        results.read_file(path, table)
+        source, filesystem = loc.arrow(f"{table}/{path.name}")
+        results.read_file(source, table, filesystem=filesystem)
         adopted[table].append(path.name)
       except Exception as e:  # noqa: BLE001 - anything unreadable goes aside
-        _quarantine(out, path, table, f"unreadable or foreign ({e})", messages)
+        _quarantine(loc, f"{table}/{path.name}", table, f"unreadable or foreign ({e})",
+                    messages)
   return drop, adopted
 
 
-def _columns(out, table, name, adopted, columns):
-  path = out / table / name
+def _columns(loc, table, name, adopted, columns):
+  path, filesystem = loc.arrow(f"{table}/{name}")
   if adopted:
-    data = results.read_file(path, table, columns=columns)
+    data = results.read_file(path, table, columns=columns, filesystem=filesystem)
   else:
-    data = pq.read_table(path, columns=columns)
+    data = pq.read_table(path, columns=columns, filesystem=filesystem)
   frame = data.to_pandas()
   frame["file"] = name
   return frame
 
 
-def _failing_runs(out: pathlib.Path, state: txlog.State, adopted: dict):
+def _failing_runs(loc: storage.Location, state: txlog.State, adopted: dict):
   """(run_ids to drop, per table the files holding them) after a loss."""
   frames = {}
   for table, columns in ((RUNS, ["run_id", "trajectory_rows", "method", "steps"]),
                          (TRAJECTORIES, ["run_id", "step"])):
+    present = set(loc.names(table))
     names = [(n, False) for n in sorted(state.files[table])] + [(n, True)
                                                                  for n in adopted[table]]
-    parts = [_columns(out, table, n, a, columns) for n, a in names
-             if (out / table / n).exists()]
+    parts = [_columns(loc, table, n, a, columns) for n, a in names if n in present]
     frames[table] = (pd.concat(parts, ignore_index=True) if parts
                      else pd.DataFrame(columns=columns + ["file"]))
   runs, traj = frames[RUNS], frames[TRAJECTORIES]
@@ -201,38 +228,37 @@ def recover(out, own: tuple = ()) -> list[str]:
 
   ``own``: shard tags whose staging is this process's own leftovers.
   """
-  out = pathlib.Path(out)
+  loc = storage.location(out)
   messages: list[str] = []
-  if not (out / RUNS).is_dir() and not (out / txlog.LOG).is_dir():
+  if not results.store_exists(loc):
     return messages
-  with locks.commit_lock(out):
-    state = txlog.load(out, repair=True)
-    _legacy(out, messages)
-    lost = _materialize(out, state, messages)
-    _clean_staging(out, own)
+  with locks.recovery_lock(loc):
+    state = txlog.load(loc, repair=True)
+    if loc.is_local:
+      _legacy(loc, messages)
+    lost = _materialize(loc, state, messages)
+    _clean_staging(loc, own)
     for table, names in lost.items():
       for name in names:
         rows = state.files[table][name]["rows"]
-        messages.append(f"committed file {out / table / name} is missing (deleted?)"
+        messages.append(f"committed file {loc.uri(table, name)} is missing (deleted?)"
                         + (f"; its {rows} run(s) will be run again" if table == RUNS else ""))
-    drop, adopted = _verify(out, state, messages)
+    drop, adopted = _verify(loc, state, messages)
     for table in TABLES:
       drop[table] += lost[table]
     if any(drop.values()):
-      state.apply(txlog.commit(out, "quarantine", remove=drop))
+      state.apply(txlog.commit(loc, "quarantine", remove=drop))
     if not any(drop.values()) and not any(adopted.values()):
       return messages
-    failing, rows, files = _failing_runs(out, state, adopted)
+    failing, rows, files = _failing_runs(loc, state, adopted)
     inputs = {t: sorted(files[t] | set(adopted[t])) for t in TABLES}
     inputs = {t: v for t, v in inputs.items() if v}
     if inputs:
-      work = out / STAGING / f"swap-{uuid.uuid4().hex[:12]}"
-      try:
-        outputs = {t: compaction.rewrite(out, t, names, state, work, drop_run_ids=rows)
-                   for t, names in inputs.items()}
-        compaction.commit_rewrite(out, "repair", inputs, outputs, work)
-      finally:
-        shutil.rmtree(work, ignore_errors=True)
+      work = f"{STAGING}/swap-{uuid.uuid4().hex[:12]}"
+      outputs = {t: compaction.rewrite(loc, t, names, state, work, drop_run_ids=rows)
+                 for t, names in inputs.items()}
+      compaction.commit_rewrite(loc, "repair", inputs, outputs, work)
+      loc.delete_tree(work)  # on failure left for the next recovery (compaction.compact)
     if failing:
       messages.append(f"{len(failing)} run(s) had missing, incomplete or duplicated rows; "
                       "their rows were removed and they will be run again")

@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dmfjax import analysis, dynamics, report_doc
+from dmfjax import analysis, dynamics, report_doc, results, storage
 
 # Rendering and the choice of settings per figure live in dmfjax.report_doc.
 _cell = report_doc.cell
@@ -352,8 +352,13 @@ def _theory(rep: _Report):
 
 # --------------------------------------------------------------------------
 
-def _check_results_dir(path: Path) -> None:
+def _check_results_dir(path) -> None:
   """Raises FileNotFoundError naming ``path`` unless it holds a runs table."""
+  if storage.is_uri(path):
+    if not results.committed_files(path):
+      raise FileNotFoundError(f"{path}: no results here (no committed runs files); "
+                              "is this a dmfjax results store?")
+    return
   if not path.is_dir():
     raise FileNotFoundError(f"{path}: no such results directory")
   table = path / "runs"
@@ -363,8 +368,10 @@ def _check_results_dir(path: Path) -> None:
         "is this a dmfjax results directory?")
 
 
-def _has_parquet(path: Path) -> bool:
-  return path.is_dir() and any(path.rglob("*.parquet"))
+def _has_parquet(path, table: str) -> bool:
+  if storage.is_uri(path):
+    return bool(results.committed_files(path, table))
+  return (path / table).is_dir() and any((path / table).rglob("*.parquet"))
 
 
 def write_report(results_dirs, out_dir, theory: bool = False,
@@ -391,7 +398,7 @@ def write_report(results_dirs, out_dir, theory: bool = False,
   """
   if isinstance(results_dirs, (str, Path)):
     results_dirs = [results_dirs]
-  results_dirs = [Path(d).expanduser() for d in results_dirs]
+  results_dirs = [d if storage.is_uri(d) else Path(d).expanduser() for d in results_dirs]
   if not results_dirs:
     raise ValueError("write_report: no results directory given")
   for d in results_dirs:
@@ -401,7 +408,7 @@ def write_report(results_dirs, out_dir, theory: bool = False,
     raise ValueError(f"{', '.join(map(str, results_dirs))}: the runs table "
                      "holds no runs")
   trajectories = None
-  with_traj = [d for d in results_dirs if _has_parquet(d / "trajectories")]
+  with_traj = [d for d in results_dirs if _has_parquet(d, "trajectories")]
   if with_traj:
     trajectories = analysis.load_trajectories(*with_traj, runs=runs)
   out_dir = Path(out_dir).expanduser()

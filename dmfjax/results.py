@@ -38,6 +38,20 @@ at the start of every sweep and quarantines, repairs and re-runs what fails.
 Compaction (``compaction``) replaces many small files by few large ones with
 one atomic directory exchange per table, so that a glob never sees a row
 twice or misses one. One sweep per shard writes at a time (``locks``).
+
+On an object store (``out`` an ``s3://``, ``gs://``... URI; ``storage``)
+the same steps run without rename, fsync or a commit lock: 1. each file is
+one atomic PUT under ``_staging/<writer>/``; 2. the log entry is one atomic
+PUT of a uniquely named object (``txlog``: the state does not depend on the
+order of entries, so concurrent commits need no lock); 3. the files are
+copied server side into their tables (trajectories first) and the staged
+copies deleted (``txlog.publish``, idempotent: recovery rolls a killed commit
+forward the same way). A bare glob of ``runs/*.parquet`` there sees only
+whole committed files, but during a compaction, for a moment, the old and
+the new files of the same rows (no atomic directory exchange exists).
+dmfjax's readers (:func:`read_arrow`, ``analysis``) read through the log
+state instead (:func:`committed_files`), so they see every committed row
+exactly once, at any moment, on any store.
 """
 
 from __future__ import annotations
@@ -45,17 +59,14 @@ from __future__ import annotations
 import collections
 import json
 import os
-import pathlib
 import uuid
-import warnings
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from dmfjax import fields, locks, provenance, txlog
+from dmfjax import fields, locks, provenance, storage, txlog
 
 SCHEMA_VERSION = 2
 READABLE_VERSIONS = (1, 2)
@@ -139,6 +150,21 @@ def write_parquet(table: pa.Table, path, **options) -> None:
     os.fsync(f.fileno())
 
 
+def put_parquet(loc: storage.Location, key: str, table: pa.Table, **options) -> dict:
+  """Writes ``table`` at ``key`` (fsynced; one atomic PUT on an object store);
+  returns its log record (``txlog.meta_of``)."""
+  if loc.is_local:
+    path = loc.path / key
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_parquet(table, path, **options)
+    return txlog.file_meta(path, table)
+  sink = pa.BufferOutputStream()
+  pq.write_table(table, sink, **WRITE_OPTIONS, **options)
+  data = sink.getvalue().to_pybytes()
+  loc.put(data, key)
+  return txlog.meta_of(key.rsplit("/", 1)[-1], data, table)
+
+
 class Writer:
   """Commits batches of finished runs into ``out`` (see the module docstring).
 
@@ -151,20 +177,24 @@ class Writer:
 
   def __init__(self, out, tag: str = "s0of1", stamp: dict | None = None,
                invocation_id: str | None = None):
-    self.out = pathlib.Path(out)
+    self.loc = storage.location(out)
+    self.out = self.loc.path if self.loc.is_local else self.loc
     self.tag = tag
     self.stamp = dict(stamp or {})
     self.invocation_id = invocation_id or provenance.invocation_id()
-    self.staging = self.out / STAGING / tag
+    self.staging = f"{STAGING}/{tag}"  # relative to the store's root
+    probe = f"{txlog.LOG}/.write-test-{uuid.uuid4().hex}"
     try:
-      for sub in (RUNS, TRAJECTORIES, txlog.LOG, MANIFESTS, locks.LOCKS):
-        (self.out / sub).mkdir(parents=True, exist_ok=True)
-      probe = self.out / txlog.LOG / f".write-test-{uuid.uuid4().hex}"
-      probe.write_bytes(b"")
-      probe.unlink()
+      if self.loc.is_local:
+        for sub in (RUNS, TRAJECTORIES, txlog.LOG, MANIFESTS, locks.LOCKS):
+          (self.out / sub).mkdir(parents=True, exist_ok=True)
+        (self.out / probe).write_bytes(b"")
+      else:
+        self.loc.put(b"", probe)  # checks the bucket and the credentials
+      self.loc.delete(probe)
     except OSError as e:
       raise ResultsError(f"out: cannot write to output directory "
-                         f"{str(self.out)!r}: {e.strerror or e}") from None
+                         f"{self.loc.uri()!r}: {e.strerror or e}") from None
 
   def _stamp(self, run: dict, now, counts) -> dict:
     row = dict(run, schema_version=SCHEMA_VERSION, finished_at=now,
@@ -175,10 +205,8 @@ class Writer:
     return row
 
   def _stage(self, table: str, name: str, data: pa.Table) -> dict:
-    (self.staging / table).mkdir(parents=True, exist_ok=True)
-    path = self.staging / table / name
-    write_parquet(data, path)
-    return dict(txlog.file_meta(path, data), schema=schema_id(table))
+    meta = put_parquet(self.loc, f"{self.staging}/{table}/{name}", data)
+    return dict(meta, schema=schema_id(table))
 
   def write(self, runs: list[dict], trajectories) -> str:
     """Commits one batch: its runs and their trajectory rows. Returns its name.
@@ -202,40 +230,32 @@ class Writer:
       add[TRAJECTORIES] = [self._stage(TRAJECTORIES, name, traj)]
     add[RUNS] = [self._stage(RUNS, name, _table([self._stamp(r, now, counts) for r in runs],
                                                 RUNS_SCHEMA))]
-    source = str(self.staging.relative_to(self.out))
+    info = dict(source=self.staging, writer=self.tag, invocation=self.invocation_id,
+                runs=len(runs))
+    if not self.loc.is_local:  # no lock, no rename: see the module docstring
+      txlog.commit(self.loc, "append", add=add, **info)
+      txlog.publish(self.loc, self.staging, add)
+      return name
     with locks.commit_lock(self.out):
-      txlog.commit(self.out, "append", add=add, source=source, writer=self.tag,
-                   invocation=self.invocation_id, runs=len(runs))
-      for table in (TRAJECTORIES, RUNS):
+      txlog.commit(self.out, "append", add=add, **info)
+      for table in txlog.COMMIT_ORDER:
         if table in add:
-          os.replace(self.staging / table / name, self.out / table / name)
+          os.replace(self.out / self.staging / table / name, self.out / table / name)
           txlog.fsync_dir(self.out / table)
     return name
 
-  def write_manifest(self, manifest: dict) -> pathlib.Path:
-    """Writes this invocation's manifest (``manifests/<invocation_id>.json``)."""
-    path = self.out / MANIFESTS / f"{self.invocation_id}.json"
-    tmp = path.with_name(f".tmp-{uuid.uuid4().hex}")
-    tmp.write_text(json.dumps(dict(manifest, schema_version=SCHEMA_VERSION,
-                                   invocation_id=self.invocation_id),
-                              indent=2, default=str))
-    os.replace(tmp, path)
-    return path
+  def write_manifest(self, manifest: dict):
+    """Writes this invocation's manifest (``manifests/<invocation_id>.json``);
+    returns its path (a URI on an object store)."""
+    key = f"{MANIFESTS}/{self.invocation_id}.json"
+    self.loc.put(json.dumps(dict(manifest, schema_version=SCHEMA_VERSION,
+                                 invocation_id=self.invocation_id),
+                            indent=2, default=str).encode(), key)
+    return self.out / key if self.loc.is_local else self.loc.uri(key)
 
 
 # ---------------------------------------------------------------------------
 # Reading.
-
-
-def table_files(out, table: str) -> list[pathlib.Path]:
-  """The data files of a table as a glob sees them (hidden names skipped)."""
-  directory = pathlib.Path(out) / table
-  try:
-    names = os.listdir(directory)
-  except FileNotFoundError:
-    return []
-  return [directory / n for n in sorted(names)
-          if n.endswith(".parquet") and not n.startswith((".", "_"))]
 
 
 def file_version(schema: pa.Schema) -> int | None:
@@ -285,14 +305,15 @@ def conform(data: pa.Table, table: str, columns=None) -> pa.Table:
   return pa.table(arrays, schema=pa.schema([schema.field(n) for n in names]))
 
 
-def read_file(path, table: str, columns=None, filter=None, data=None) -> pa.Table:
+def read_file(path, table: str, columns=None, filter=None, data=None,
+              filesystem=None) -> pa.Table:
   """One data file, whole (page checksums verified), as the current schema.
 
   Raises ResultsError for a foreign file (another schema version, missing
   columns); pyarrow's errors for an unreadable one.
   """
-  source = pa.BufferReader(data) if data is not None else path
-  raw = pq.read_table(source, page_checksum_verification=True)
+  source = pa.BufferReader(data) if data is not None else str(path)
+  raw = pq.read_table(source, page_checksum_verification=True, filesystem=filesystem)
   version = file_version(raw.schema)
   if version not in READABLE_VERSIONS:
     raise ResultsError(f"schema version {version}, expected one of {READABLE_VERSIONS}")
@@ -305,91 +326,15 @@ def read_file(path, table: str, columns=None, filter=None, data=None) -> pa.Tabl
   return out.select(columns) if columns is not None else out
 
 
-def _skip(path, error, problems) -> None:
-  msg = f"skipping unreadable or foreign results file {path}: {error}"
-  warnings.warn(msg, stacklevel=4)
-  if problems is not None:
-    problems.append(msg)
+# The reading half (which files hold the committed rows; Arrow and pandas
+# reads) is ``reading``, which builds on this module; its entry points are
+# also reachable here.
+_READING = ("table_files", "store_exists", "committed_files", "read_arrow", "read_table",
+            "finished_run_ids")
 
 
-def _read_once(out, table, columns, filter, run_ids, problems) -> pa.Table:
-  state = txlog.load(out)
-  logged = state.files[table]
-  files = table_files(out, table)
-  if run_ids is not None:  # the log knows each file's run_id range
-    lo, hi = min(run_ids, default=""), max(run_ids, default="")
-    files = [p for p in files if p.name not in logged
-             or logged[p.name]["min_run_id"] is None
-             or not (logged[p.name]["max_run_id"] < lo or logged[p.name]["min_run_id"] > hi)]
-  # Files with the current columns in one scan; older ones one by one (conform).
-  fast = [p for p in files if logged.get(p.name, {}).get("schema") == schema_id(table)]
-  pieces = []
-  if fast:
-    scan = ds.ParquetFileFormat(default_fragment_scan_options=ds.ParquetFragmentScanOptions(
-        page_checksum_verification=True))
-    try:
-      pieces.append(ds.dataset([str(p) for p in fast], schema=SCHEMAS[table], format=scan)
-                    .to_table(columns=columns, filter=filter))
-    except FileNotFoundError:
-      raise
-    except Exception:  # noqa: BLE001 - find and name the bad file(s) below
-      pieces, fast = [], []
-  for p in files:
-    if p in fast:
-      continue
-    try:
-      pieces.append(read_file(p, table, columns, filter))
-    except FileNotFoundError:
-      raise
-    except Exception as e:  # noqa: BLE001 - any unreadable file is reported
-      _skip(p, e, problems)
-  schema = SCHEMAS[table]
-  if columns is not None:
-    schema = pa.schema([schema.field(c) for c in columns])
-  if not pieces:
-    return schema.empty_table()
-  return pa.concat_tables([t.cast(schema) if t.schema != schema else t for t in pieces])
-
-
-def read_arrow(out, table: str = RUNS, columns=None, filter=None, run_ids=None,
-               problems: list[str] | None = None) -> pa.Table:
-  """One table of a results directory as an Arrow table (any readable version).
-
-  ``columns`` and ``filter`` (a ``pyarrow.dataset`` expression over current
-  column names) are pushed down to Parquet; ``run_ids`` (a collection) keeps
-  those runs and skips files whose logged run_id range excludes them.
-  Unreadable or foreign files are reported (with their path) and skipped; a
-  read that overlaps a compaction's directory exchange is retried.
-  """
-  out = pathlib.Path(out)
-  if not (out / table).is_dir():
-    raise ResultsError(f"results: {str(out)!r} has no {table}/ table "
-                       "(is it a dmfjax results directory?)")
-  if run_ids is not None:
-    run_ids = sorted(set(run_ids))
-    match = ds.field("run_id").isin(pa.array(run_ids, _str))
-    filter = match if filter is None else (filter & match)
-  for attempt in range(10):
-    try:
-      return _read_once(out, table, columns, filter, run_ids, problems)
-    except FileNotFoundError:
-      if attempt == 9:
-        raise
-
-
-def read_table(out, table: str = RUNS, problems: list[str] | None = None,
-               **kwargs) -> pd.DataFrame:
-  """One table of a results directory as a DataFrame (see :func:`read_arrow`)."""
-  return read_arrow(out, table, problems=problems, **kwargs).to_pandas()
-
-
-def finished_run_ids(out, problems: list[str] | None = None) -> set[str]:
-  """run_ids committed under ``out`` (empty if none).
-
-  After ``recovery.recover`` (the start of a sweep) these are exactly the
-  runs whose runs row and trajectory rows are whole.
-  """
-  if not (pathlib.Path(out) / RUNS).is_dir():
-    return set()
-  ids = read_arrow(out, RUNS, columns=["run_id"], problems=problems).column("run_id")
-  return set(ids.to_pylist())
+def __getattr__(name):
+  if name in _READING:
+    from dmfjax import reading
+    return getattr(reading, name)
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -21,15 +21,14 @@
 from __future__ import annotations
 
 import dataclasses
-import pathlib
 import signal
 import sys
 from typing import Optional
 
 import jax
 
-from dmfjax import (analysis, compaction, locks, planner, provenance, recovery, results,
-                    spec as spec_lib)
+from dmfjax import (analysis, compaction, locks, multihost, planner, provenance, recovery,
+                    results, spec as spec_lib)
 from dmfjax.executor import Executor, Interrupted, execute_in_workers
 from dmfjax.progress import Progress
 
@@ -47,48 +46,70 @@ def summary_table(runs) -> str:
 def run_sweep(spec: spec_lib.Spec, out, num_shards: int = 1, shard_index: int = 0,
               memory_budget: Optional[int] = None, stream=sys.stderr,
               repack: bool = True, workers: Optional[int] = None, compact: bool = True,
-              wait: bool = False) -> planner.Plan:
+              wait: bool = False, ray_address: Optional[str] = None,
+              distributed: bool = False) -> planner.Plan:
   """Plans and executes a sweep into ``out``; returns the plan.
 
   Raises ``SpecError`` on bad input (before anything is written),
   ``locks.LockHeld`` if another live sweep writes the same shard of ``out``
   (unless ``wait``: then it waits for it), and ``Interrupted`` if SIGINT
   arrived (what finished is written). ``compact``: compact the store at the
-  end of a sweep that finished.
+  end of a sweep that finished. ``out``: a directory or a URI (``s3://...``).
+  ``ray_address``: run the batches as Ray tasks on that cluster
+  (``ray_backend.connect``: "" for ``RAY_ADDRESS``, "local" for a local one).
+  ``distributed``: this process is one of a multi-process job
+  (``multihost``; ``jax.distributed.initialize`` was called): the processes
+  share the runs and process i writes as shard i of n.
   """
-  out = pathlib.Path(out)
-  planner.plan(spec, None, num_shards, shard_index, memory_budget, workers=workers)
+  coordinator = None
+  if distributed:
+    if ray_address is not None or num_shards != 1:
+      raise spec_lib.SpecError("distributed: each process is a shard of the job; "
+                               "use it without --num_shards/--shard_index and --ray")
+    coordinator = multihost.Coordinator()
+  if ray_address is not None:
+    from dmfjax import ray_backend
+    slots = ray_backend.connect(ray_address)
+    workers = slots if workers is None else workers
+  workers = planner.plan(spec, None, num_shards, shard_index, memory_budget,
+                         workers=workers).workers
+  # The writer (and its lock): this shard, or this process of the job.
+  writer_of = (coordinator.count, coordinator.index) if coordinator else (num_shards, shard_index)
   started = provenance.utc_now()
   stamp = provenance.collect()
-  writer = results.Writer(out, tag=f"s{shard_index}of{num_shards}", stamp=stamp,
+  writer = results.Writer(out, tag="s{1}of{0}".format(*writer_of), stamp=stamp,
                           invocation_id=provenance.invocation_id(started))
-  lock = locks.shard_lock(out, num_shards, shard_index, wait=wait)
+  lock = locks.shard_lock(out, *writer_of, wait=wait)
   manifest = dict(command="sweep", status="running", started_at=provenance.iso(started),
-                  spec=dataclasses.asdict(spec), num_shards=num_shards,
-                  shard_index=shard_index, provenance=stamp,
+                  spec=dataclasses.asdict(spec), num_shards=writer_of[0],
+                  shard_index=writer_of[1], distributed=distributed, provenance=stamp,
                   devices=[str(d) for d in jax.local_devices()])
   try:
     if lock.took_over:
       print(f"[dmfjax] took over the writer lock of a sweep that is gone: "
             f"{locks.describe(lock.took_over)}", file=stream)
-    for msg in recovery.recover(out, own=(writer.tag,)):
-      print(f"[dmfjax] {msg}", file=stream)
-    p = planner.plan(spec, out, num_shards, shard_index, memory_budget, workers=workers)
+
+    def recover_and_plan() -> planner.Plan:
+      for msg in recovery.recover(out, own=(writer.tag,)):
+        print(f"[dmfjax] {msg}", file=stream)
+      return planner.plan(spec, out, num_shards, shard_index, memory_budget, workers=workers)
+
+    if coordinator is None:
+      p, order = recover_and_plan(), None
+    else:  # one plan for all processes (process 0's), batches drawn from a counter
+      todo = coordinator.agree(lambda: [r["run_id"] for r in recover_and_plan().todo])
+      p = planner.plan(spec, None, memory_budget=memory_budget, workers=workers,
+                       run_ids=set(todo), split=coordinator.count * workers)
+      order = coordinator.claims(len(p.batches()))
     manifest.update(workers=p.workers, runs=len(p.runs), to_run=len(p.todo))
     writer.write_manifest(manifest)
     print(planner.describe(p, spec), file=stream)
-    _execute(p, writer, out, stream, repack)
+    _execute(p, writer, out, stream, repack, ray=ray_address is not None, order=order)
     manifest.update(status="done", stats=p.stats)
-    if compact:
-      try:
-        figures = compaction.compact(out, invocation=writer.invocation_id)
-        manifest["compaction"] = figures
-        if figures["rewritten"]:
-          print(f"[dmfjax] compacted {figures['rewritten']} files into {figures['written']} "
-                f"in {figures['seconds']:.1f}s ({figures['files_after']} data files)",
-                file=stream)
-      except (compaction.Busy, results.ResultsError, OSError) as e:
-        print(f"[dmfjax] compaction skipped: {e}", file=stream)
+    if coordinator is not None:
+      coordinator.barrier("executed")
+    if compact and (coordinator is None or coordinator.is_leader):
+      manifest["compaction"] = _compact(out, writer, stream)
   except BaseException as e:
     manifest["status"] = {Interrupted: "interrupted", KeyboardInterrupt: "interrupted"}.get(
         type(e), f"failed: {type(e).__name__}")
@@ -99,10 +120,27 @@ def run_sweep(spec: spec_lib.Spec, out, num_shards: int = 1, shard_index: int = 
       writer.write_manifest(manifest)
     recovery.remove_staging(out, writer.tag)
     lock.release()
+    if ray_address is not None:
+      from dmfjax import ray_backend
+      ray_backend.disconnect()
   return p
 
 
-def _execute(p: planner.Plan, writer: results.Writer, out, stream, repack: bool) -> None:
+def _compact(out, writer: results.Writer, stream) -> Optional[dict]:
+  """Compacts the store at the end of a sweep; its figures (None if skipped)."""
+  try:
+    figures = compaction.compact(out, invocation=writer.invocation_id)
+  except (compaction.Busy, results.ResultsError, OSError) as e:
+    print(f"[dmfjax] compaction skipped: {e}", file=stream)
+    return None
+  if figures["rewritten"]:
+    print(f"[dmfjax] compacted {figures['rewritten']} files into {figures['written']} "
+          f"in {figures['seconds']:.1f}s ({figures['files_after']} data files)", file=stream)
+  return figures
+
+
+def _execute(p: planner.Plan, writer: results.Writer, out, stream, repack: bool,
+             ray: bool = False, order=None) -> None:
   """Runs the plan's batches with progress and SIGINT handling; fills p.stats."""
   budgets = [r["max_steps"] for r in p.todo if r["max_steps"]]
   progress = Progress(len(p.todo), stream, mean_budget=sum(budgets) / max(1, len(budgets)))
@@ -124,10 +162,13 @@ def _execute(p: planner.Plan, writer: results.Writer, out, stream, repack: bool)
   jax.monitoring.register_event_duration_secs_listener(progress.on_event_duration)
   jax.monitoring.register_event_listener(progress.on_event)
   try:
-    if p.workers > 1 and len(p.todo) > 0:
-      execute_in_workers(executor, out, writer.tag)
+    if ray and len(p.todo) > 0:
+      from dmfjax import ray_backend
+      ray_backend.execute(executor)
+    elif p.workers > 1 and len(p.todo) > 0:
+      execute_in_workers(executor, out, writer.tag, order)
     else:
-      executor.execute()
+      executor.execute(order)
   finally:
     jax.monitoring.unregister_event_duration_listener(progress.on_event_duration)
     jax.monitoring.unregister_event_listener(progress.on_event)

@@ -10,8 +10,11 @@ waiting), and so does one single-threaded device per core; separate
 processes share no runtime and cannot.
 
 The protocol. The parent puts task indices 0..num_tasks-1 on a queue, then
-one ``None`` per worker; each worker (a ``spawn``-ed process running
-``target(index, next_task, emit, *args)``) takes tasks until ``None`` or
+one ``None`` per worker (or, when the tasks come from a source that hands
+them out one at a time, such as a counter shared with other hosts, keeps
+one task waiting on the queue while the source has more); each worker (a
+``spawn``-ed process running ``target(index, next_task, emit, *args)``)
+takes tasks until ``None`` or
 until it is asked to stop, and sends events back with ``emit(kind, payload)``
 (the parent hands them to ``on_event``). A worker that raises sends its
 traceback; one that dies without a word is reported by its exit code.
@@ -37,7 +40,7 @@ import os
 import queue
 import signal
 import traceback
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 SINGLE_THREAD_XLA_FLAG = "--xla_cpu_multi_thread_eigen=false"
 
@@ -107,13 +110,16 @@ def single_thread_environment() -> dict[str, str]:
   return {"XLA_FLAGS": flags, "OPENBLAS_NUM_THREADS": "1"}
 
 
-def run(num_workers: int, num_tasks: int, target: Callable, args: tuple,
+def run(num_workers: int, tasks: int | Iterator[int], target: Callable, args: tuple,
         on_event: Callable[[str, int, Any], None],
         stop_requested: Callable[[], bool] = lambda: False,
         env: Optional[dict[str, str]] = None, pin: bool = True,
         poll_s: float = 0.2) -> None:
-  """Runs tasks 0..num_tasks-1 on ``num_workers`` spawned processes.
+  """Runs tasks on ``num_workers`` spawned processes.
 
+  ``tasks``: a count N (tasks 0..N-1, all queued at once) or an iterator of
+  task indices, drawn one at a time as workers take them (a task drawn is
+  run unless the sweep stops).
   ``target`` must be a module-level function (it is pickled by reference);
   ``args`` must pickle; ``env`` is added to the workers' environment; with
   ``pin`` worker i runs on core i only (see the module docstring).
@@ -121,14 +127,27 @@ def run(num_workers: int, num_tasks: int, target: Callable, args: tuple,
   :class:`WorkerError` if one failed (the others first finish their task).
   """
   ctx = multiprocessing.get_context("spawn")
-  tasks, events, stop = ctx.Queue(), ctx.Queue(), ctx.Event()
-  for k in range(num_tasks):
-    tasks.put(k)
-  for _ in range(num_workers):
-    tasks.put(None)
+  queue_, events, stop = ctx.Queue(), ctx.Queue(), ctx.Event()
+  source = iter(range(tasks)) if isinstance(tasks, int) else tasks
+  lazy = not isinstance(tasks, int)
+
+  def feed() -> None:  # keep the queue fed: all at once, or one task ahead
+    nonlocal source
+    while source is not None and not stop.is_set() and (not lazy or queue_.empty()):
+      k = next(source, None)
+      if k is None:
+        source = None
+        for _ in range(num_workers):
+          queue_.put(None)
+      else:
+        queue_.put(k)
+        if lazy:
+          return
+
+  feed()
   with environment(env or {}):
     procs = [ctx.Process(target=_child, name=f"dmfjax-worker-{i}",
-                         args=(i, os.getpid(), target, args, tasks, events, stop, pin))
+                         args=(i, os.getpid(), target, args, queue_, events, stop, pin))
              for i in range(num_workers)]
     for p in procs:
       p.start()
@@ -149,8 +168,12 @@ def run(num_workers: int, num_tasks: int, target: Callable, args: tuple,
         failures.append(f"worker {index} failed:\n{payload}")
       elif kind is not None:
         on_event(kind, index, payload)
+      if not stop.is_set():
+        feed()
       if (failures or stop_requested()) and not stop.is_set():
         stop.set()  # no new tasks; SIGINT stops the current one
+        for _ in range(num_workers):
+          queue_.put(None)  # wakes a worker waiting for a task
         for i, p in enumerate(procs):
           if i not in exited and p.is_alive():
             os.kill(p.pid, signal.SIGINT)

@@ -57,6 +57,25 @@ def test_every_task_runs_once_on_separate_processes():
   assert pinned <= {(i, (cores[i % len(cores)],)) for i in range(2)}
 
 
+def test_tasks_drawn_one_at_a_time_from_a_source():
+  # A source shared with other hosts (multihost.Coordinator.claims): each
+  # task is drawn when a worker is about to need it, and runs once.
+  drawn = []
+
+  def source():
+    for k in range(6):
+      drawn.append((k, time.monotonic()))
+      yield k
+
+  events, on_event = _collect()
+  workers.run(2, source(), _square_tasks, (0.3,), on_event)
+  results = sorted(p[:2] for kind, _, p in events if kind == "result")
+  assert results == [(k, k * k) for k in range(6)]
+  # Not all drawn at the start: one task waits on the queue, so the last
+  # task is drawn only after the first ones ran (0.3 s each, 2 workers).
+  assert drawn[-1][1] - drawn[0][1] > 0.5
+
+
 def test_worker_environment_is_single_threaded_xla(monkeypatch):
   monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
   env = workers.single_thread_environment()

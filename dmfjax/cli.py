@@ -131,6 +131,10 @@ def _sweep(args) -> int:
     print(f"error: {e}\n[dmfjax] runs that finished are written under {args.out}; "
           "run the same command again to resume.", file=sys.stderr)
     return EXIT_WORKER_FAILED
+  except sweep.JobFailed as e:
+    print(f"error: {e}\n[dmfjax] runs that finished are written under {args.out}; "
+          "run the same command again to resume.", file=sys.stderr, flush=True)
+    return EXIT_WORKER_FAILED
   except sweep.Interrupted:
     print(f"[dmfjax] interrupted: finished runs are written under {args.out}; "
           "run the same command again to resume.", file=sys.stderr)

@@ -63,6 +63,11 @@ def _client():
   return distributed.global_state.client
 
 
+class JobFailed(RuntimeError):
+  """Another process of the job is gone: what was committed stays; the same
+  command resumes the rest."""
+
+
 class Coordinator:
   """The processes of one distributed sweep: who this is, the shared plan,
   the batch counter, and barriers. Make one per sweep, in every process, in
@@ -89,7 +94,13 @@ class Coordinator:
     return f"s{self.index}of{self.count}"
 
   def barrier(self, name: str, timeout_ms: int = FINISH_TIMEOUT_MS) -> None:
-    self.client.wait_at_barrier(f"{self.prefix}/{name}", timeout_ms)
+    """Waits for every process; raises :class:`JobFailed` if one is gone."""
+    try:
+      self.client.wait_at_barrier(f"{self.prefix}/{name}", timeout_ms)
+    except jax.errors.JaxRuntimeError as e:
+      raise JobFailed(f"process {self.index} of {self.count}: another process of the job "
+                      f"failed or timed out at barrier {name!r}: "
+                      f"{str(e).splitlines()[0]}") from None
 
   def _publish(self, name: str, value) -> None:
     data = zlib.compress(json.dumps(value).encode())

@@ -192,7 +192,7 @@ def _check_int(name: str, value, low: int, high: Optional[int] = None) -> None:
 def plan(spec: spec_lib.Spec, out, num_shards: int = 1, shard_index: int = 0,
          memory_budget: Optional[int] = None, num_devices: Optional[int] = None,
          workers: Optional[int] = None, run_ids: Optional[set] = None,
-         split: Optional[int] = None) -> Plan:
+         split: Optional[int] = None, platform: Optional[str] = None) -> Plan:
   """Expands, filters and groups a spec. Raises SpecError on bad input.
 
   With ``workers`` = K > 1 each group is cut into at least K batches (when
@@ -203,7 +203,8 @@ def plan(spec: spec_lib.Spec, out, num_shards: int = 1, shard_index: int = 0,
   for more consumers than local workers (several processes or hosts).
   ``out`` None plans as if nothing were finished; ``run_ids``: run only
   these (a plan agreed with other processes: ``multihost``), without
-  reading ``out``.
+  reading ``out``. ``platform``, ``num_devices``, ``memory_budget``: of the
+  devices a batch runs on (default: this process's; a Ray task's may differ).
   """
   if workers is None:
     workers = default_workers()
@@ -231,7 +232,7 @@ def plan(spec: spec_lib.Spec, out, num_shards: int = 1, shard_index: int = 0,
       groups[key] = Group(config=key[0], key=key, runs=[], per_run_bytes=bytes_per_run(r))
     groups[key].runs.append(r)
   per_batch_budget = memory_budget // workers
-  cpu = jax.default_backend() == "cpu"
+  cpu = (platform or jax.default_backend()) == "cpu"
   for g in groups.values():
     fit = (per_batch_budget // max(1, g.per_run_bytes)) * num_devices
     if fit < num_devices:

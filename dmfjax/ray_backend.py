@@ -114,6 +114,31 @@ def disconnect() -> None:
     _ray().shutdown()
 
 
+def _device_task() -> dict:
+  """A Ray task: the devices a batch task sees (platform, count, memory budget)."""
+  import jax
+
+  from dmfjax import planner
+  return dict(platform=jax.default_backend(), num_devices=len(jax.local_devices()),
+              memory_budget=planner.default_memory_budget())
+
+
+def task_devices() -> dict | None:
+  """What the planner should plan a batch for on this cluster.
+
+  On a GPU cluster: what one batch task sees (one GPU), measured by a probe
+  task with a batch task's resources, as ``planner.plan`` keywords
+  (``platform``, ``num_devices``, ``memory_budget``), so that batches are
+  sized for the GPU, not for the driver's host. None on a CPU cluster: the
+  driver plans for a CPU host as it does for its own.
+  """
+  ray = _ray()
+  if ray.cluster_resources().get("GPU", 0) < 1:
+    return None
+  probe = ray.remote(_device_task).options(num_gpus=1, max_calls=1)
+  return ray.get(probe.remote())
+
+
 @dataclasses.dataclass(frozen=True)
 class TaskContext:
   """What every task of a sweep needs besides its batch (one object per sweep)."""

@@ -7,7 +7,10 @@
    under ``out``, grouped into compiled programs and cut into batches.
    Nothing is written before the plan is valid.
 2. **Execute** (``executor``): batches in this process, or on one
-   single-threaded worker process per core on a CPU (``workers``).
+   single-threaded worker process per core on a CPU (``workers``), or as Ray
+   tasks on a cluster (``ray_backend``). In a multi-process JAX job
+   (``multihost``) process 0 plans for all, and each process draws batches
+   from a shared counter.
 3. **Write** (``results``): each finished set of runs is committed atomically,
    under the shard's writer lock (``locks``: a second sweep of the same shard
    into ``out`` is refused, naming the holder), after ``recovery`` made the
@@ -30,9 +33,10 @@ import jax
 from dmfjax import (analysis, compaction, locks, multihost, planner, provenance, recovery,
                     results, spec as spec_lib)
 from dmfjax.executor import Executor, Interrupted, execute_in_workers
+from dmfjax.multihost import JobFailed
 from dmfjax.progress import Progress
 
-__all__ = ["run_sweep", "summary_table", "Interrupted"]
+__all__ = ["run_sweep", "summary_table", "Interrupted", "JobFailed"]
 
 
 def summary_table(runs) -> str:
@@ -67,12 +71,16 @@ def run_sweep(spec: spec_lib.Spec, out, num_shards: int = 1, shard_index: int = 
       raise spec_lib.SpecError("distributed: each process is a shard of the job; "
                                "use it without --num_shards/--shard_index and --ray")
     coordinator = multihost.Coordinator()
+  placement = {}  # the devices a batch runs on, where not this process's (Ray)
   if ray_address is not None:
     from dmfjax import ray_backend
     slots = ray_backend.connect(ray_address)
     workers = slots if workers is None else workers
+    placement = ray_backend.task_devices() or {}
+    budget = placement.pop("memory_budget", None)
+    memory_budget = budget if memory_budget is None else memory_budget
   workers = planner.plan(spec, None, num_shards, shard_index, memory_budget,
-                         workers=workers).workers
+                         workers=workers, **placement).workers
   # The writer (and its lock): this shard, or this process of the job.
   writer_of = (coordinator.count, coordinator.index) if coordinator else (num_shards, shard_index)
   started = provenance.utc_now()
@@ -92,7 +100,8 @@ def run_sweep(spec: spec_lib.Spec, out, num_shards: int = 1, shard_index: int = 
     def recover_and_plan() -> planner.Plan:
       for msg in recovery.recover(out, own=(writer.tag,)):
         print(f"[dmfjax] {msg}", file=stream)
-      return planner.plan(spec, out, num_shards, shard_index, memory_budget, workers=workers)
+      return planner.plan(spec, out, num_shards, shard_index, memory_budget, workers=workers,
+                          **placement)
 
     if coordinator is None:
       p, order = recover_and_plan(), None

@@ -173,6 +173,7 @@ def test_sigint_commits_what_arrived_and_a_rerun_finishes(reference, cluster, ta
   """stop_requested after the first result: nothing more is submitted, the
   running tasks are committed, Interrupted; the same sweep again finishes."""
   spec, reference_runs = reference
+  assert ray_backend.task_devices() is None  # a CPU cluster: planned like this host
 
   def request_stop(executor):
     executor.stop_requested = True

@@ -292,3 +292,8 @@ def test_cpu_batches_hold_a_cache_sized_working_set():
   assert g.batch_size == planner.cpu_batch_cap(g.per_run_bytes) < 100
   assert g.batch_size * g.per_run_bytes <= planner.CPU_BATCH_BYTES
   assert f"{-(-100 // g.batch_size)} batch(es)" in planner.describe(p, spec)
+  # Planned for a batch on a GPU (a Ray task's, ray_backend.task_devices):
+  # no CPU cap; the budget decides.
+  p = planner.plan(spec, None, num_devices=1, workers=1, platform="gpu",
+                   memory_budget=40 * g.per_run_bytes)
+  assert p.groups[0].batch_size == 40

@@ -60,6 +60,7 @@ def sweep(spec: str, out: pathlib.Path, overrides: list[str], processes: int,
   if pinned:
     env.update(workers_lib.single_thread_environment())
   port = _port()
+  env["JAX_COORDINATOR_BIND_ADDRESS"] = f"127.0.0.1:{port}"  # listen on loopback only
   cores = sorted(os.sched_getaffinity(0))
   cmds = [(["taskset", "-c", str(cores[i % len(cores)])] if pinned else [])
           + sweep_cmd(spec, out, f"--workers={workers}", *overrides)
@@ -94,8 +95,9 @@ def coordination(num_ids: int = 100_000, claims: int = 10_000) -> None:
   import jax
 
   from dmfjax import multihost
-  jax.distributed.initialize(coordinator_address=f"127.0.0.1:{_port()}", num_processes=1,
-                             process_id=0)
+  address = f"127.0.0.1:{_port()}"
+  jax.distributed.initialize(coordinator_address=address, num_processes=1, process_id=0,
+                             coordinator_bind_address=address)
   ids = [secrets.token_hex(8) for _ in range(num_ids)]
   c = multihost.Coordinator()
   start = time.perf_counter()

@@ -97,7 +97,9 @@ def connect(address: str) -> int:
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     try:
       if address == LOCAL:
-        ray.init(num_cpus=len(os.sched_getaffinity(0)), include_dashboard=False)
+        # This machine only: its services listen on the loopback address.
+        ray.init(num_cpus=len(os.sched_getaffinity(0)), include_dashboard=False,
+                 _node_ip_address="127.0.0.1")
       else:
         ray.init(address=address)
     except (ConnectionError, ValueError, RuntimeError) as e:

@@ -28,7 +28,8 @@ def _job(spec, out, processes: int = 2, timeout: int = 300) -> list[str]:
   procs = [subprocess.Popen(
       sweep_cmd(spec, out, "--distributed", f"--coordinator_address=127.0.0.1:{port}",
                 f"--num_processes={processes}", f"--process_id={i}", "--workers=1"),
-      env=cli_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      env=dict(cli_env(), JAX_COORDINATOR_BIND_ADDRESS=f"127.0.0.1:{port}"), cwd=ROOT,
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
       for i in range(processes)]
   logs = []
   try:

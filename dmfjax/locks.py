@@ -155,13 +155,18 @@ def held(out, name: str) -> dict | None:
 _SHARD_LOCK = re.compile(r"^sweep-s\d+of(\d+)\.lock$")
 
 
+def shard_tag(num_shards: int, shard_index: int) -> str:
+  """The name of shard ``shard_index`` of ``num_shards`` (its writer and lock)."""
+  return f"s{shard_index}of{num_shards}"
+
+
 def shard_lock(out, num_shards: int, shard_index: int, wait: bool = False):
   """Acquires the writer lock of one shard (raises LockHeld naming the holder).
 
   Also refuses when a live sweep with another shard count writes ``out``.
   """
   loc = storage.location(out)
-  tag = f"s{shard_index}of{num_shards}"
+  tag = shard_tag(num_shards, shard_index)
   what = f"out: another sweep of shard {shard_index} of {num_shards}"
   mine = lock(loc, f"sweep-{tag}.lock", what).acquire(wait)
   for other in loc.children(LOCKS):

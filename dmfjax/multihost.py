@@ -88,11 +88,6 @@ class Coordinator:
   def is_leader(self) -> bool:
     return self.index == 0
 
-  @property
-  def tag(self) -> str:
-    """The store writer (and shard lock) of this process."""
-    return f"s{self.index}of{self.count}"
-
   def barrier(self, name: str, timeout_ms: int = FINISH_TIMEOUT_MS) -> None:
     """Waits for every process; raises :class:`JobFailed` if one is gone."""
     try:

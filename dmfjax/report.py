@@ -354,24 +354,15 @@ def _theory(rep: _Report):
 
 def _check_results_dir(path) -> None:
   """Raises FileNotFoundError naming ``path`` unless it holds a runs table."""
-  if storage.is_uri(path):
-    if not results.committed_files(path):
-      raise FileNotFoundError(f"{path}: no results here (no committed runs files); "
-                              "is this a dmfjax results store?")
-    return
-  if not path.is_dir():
+  if not storage.is_uri(path) and not path.is_dir():
     raise FileNotFoundError(f"{path}: no such results directory")
-  table = path / "runs"
-  if not table.is_dir() or not any(table.rglob("*.parquet")):
-    raise FileNotFoundError(
-        f"{path}: no results here (expected parquet files under {table}); "
-        "is this a dmfjax results directory?")
+  if not _has_parquet(path, "runs"):
+    raise FileNotFoundError(f"{path}: no results here (no committed runs files); "
+                            "is this a dmfjax results store?")
 
 
 def _has_parquet(path, table: str) -> bool:
-  if storage.is_uri(path):
-    return bool(results.committed_files(path, table))
-  return (path / table).is_dir() and any((path / table).rglob("*.parquet"))
+  return bool(results.committed_files(path, table))
 
 
 def write_report(results_dirs, out_dir, theory: bool = False,

@@ -85,7 +85,7 @@ def run_sweep(spec: spec_lib.Spec, out, num_shards: int = 1, shard_index: int = 
   writer_of = (coordinator.count, coordinator.index) if coordinator else (num_shards, shard_index)
   started = provenance.utc_now()
   stamp = provenance.collect()
-  writer = results.Writer(out, tag="s{1}of{0}".format(*writer_of), stamp=stamp,
+  writer = results.Writer(out, tag=locks.shard_tag(*writer_of), stamp=stamp,
                           invocation_id=provenance.invocation_id(started))
   lock = locks.shard_lock(out, *writer_of, wait=wait)
   manifest = dict(command="sweep", status="running", started_at=provenance.iso(started),

@@ -16,12 +16,11 @@ import pathlib
 import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-import dmfjax  # noqa: E402,F401
-
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from dmfjax import numerics, train  # noqa: E402
+import dmfjax  # noqa: E402,F401
+from dmfjax.core import numerics, train
 
 
 def advanced(n: int, m: int, depth: int, batch: int, steps: int):

@@ -35,14 +35,12 @@ import sys
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-import dmfjax  # noqa: E402,F401  (sets OPENBLAS_NUM_THREADS before numpy loads)
-
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from dmfjax import numerics, problems  # noqa: E402
-from dmfjax import nuclear_norm  # noqa: E402
+import dmfjax  # noqa: E402,F401  (sets OPENBLAS_NUM_THREADS before numpy loads)
+from dmfjax.core import nuclear_norm, numerics, problems
 
 
 def parse_args():

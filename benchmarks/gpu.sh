@@ -22,7 +22,7 @@ $PY benchmarks/precision.py --steps "$steps" | tee "$out/precision.txt"
 $PY benchmarks/throughput.py --modes single --depths 2,3,4 --sizes 100 \
     --batches "$batches" --seconds 0.5 --repeats 2 --csv "$out/throughput.csv"
 start=$(date +%s.%N)
-$PY -m dmfjax.cli sweep --spec paper_fig2 --out "$out/fig2" --compile_cache "$out/cache" \
+$PY -m dmfjax sweep --spec paper_fig2 --out "$out/fig2" --compile_cache "$out/cache" \
     "${fig2_args[@]}" 2>&1 | tee "$out/fig2.txt" | grep -E "done:|^spec paper_fig2"
 end=$(date +%s.%N)
 $PY benchmarks/gpu_table.py --dir "$out" --seconds "$(echo "$end - $start" | bc)" \

@@ -22,6 +22,7 @@ def main(argv=None):
   args = p.parse_args(argv)
   d = pathlib.Path(args.dir)
   import jax
+
   from dmfjax import analysis
   rows = list(csv.DictReader(open(d / "throughput.csv")))
   device = rows[0]["device"] if rows else jax.devices()[0].device_kind

@@ -40,7 +40,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 from sweep_helpers import cli_env, sweep_cmd  # noqa: E402
 
-from dmfjax import workers as workers_lib  # noqa: E402
+from dmfjax.sweep import workers as workers_lib
 
 DONE = re.compile(r"done: (\d+) runs in [\d.,]+s \(\d+ programs in ([\d.,]+)s: (\d+) compiled, "
                   r"(\d+) from the compilation cache\); executed ([\d,]+) run-steps")
@@ -94,7 +94,7 @@ def coordination(num_ids: int = 100_000, claims: int = 10_000) -> None:
 
   import jax
 
-  from dmfjax import multihost
+  from dmfjax.sweep import multihost
   address = f"127.0.0.1:{_port()}"
   jax.distributed.initialize(coordinator_address=address, num_processes=1, process_id=0,
                              coordinator_bind_address=address)

@@ -36,7 +36,9 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests"))
 import s3_server  # noqa: E402
 from store import synthesize, timed  # noqa: E402
 
-from dmfjax import analysis, compaction, provenance, results  # noqa: E402
+from dmfjax import analysis, results
+from dmfjax.results import compaction
+from dmfjax.sweep.rows import stamp as provenance_stamp
 
 BUCKET = "dmfjax-bench"
 
@@ -49,7 +51,7 @@ def start_moto():
 
 
 def bench(out, batches, repeat: int) -> dict:
-  writer = results.Writer(out, stamp=provenance.collect())
+  writer = results.Writer(out, stamp=provenance_stamp())
   t0 = time.perf_counter()
   for runs, traj in batches:
     writer.write(runs, traj)

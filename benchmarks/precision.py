@@ -17,13 +17,12 @@ import pathlib
 import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-import dmfjax  # noqa: E402,F401
-
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from dmfjax import models, train  # noqa: E402
-from dmfjax.numerics import full_precision  # noqa: E402
+import dmfjax  # noqa: E402,F401
+from dmfjax.core import models, train
+from dmfjax.core.numerics import full_precision  # noqa: E402
 
 
 def initial_state64(steps: int):

@@ -36,7 +36,9 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from dmfjax import compile_cache, ray_backend, spec as spec_lib, sweep  # noqa: E402
+from dmfjax import spec as spec_lib
+from dmfjax import sweep
+from dmfjax.sweep import compile_cache, ray_backend
 
 
 def _spec(batches: int, steps: int) -> spec_lib.Spec:

@@ -19,8 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dmfjax import problems, sparse, train
-from dmfjax.numerics import full_precision
+from dmfjax.core import problems, sparse, train
+from dmfjax.core.numerics import full_precision
 
 
 def synthetic(n: int, m: int, k: int, seed: int = 0):

@@ -33,7 +33,9 @@ import pyarrow as pa
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from dmfjax import analysis, compaction, provenance, results  # noqa: E402
+from dmfjax import analysis, results
+from dmfjax.results import compaction, provenance
+from dmfjax.sweep.rows import stamp as provenance_stamp
 
 REPEAT = 5
 
@@ -119,7 +121,7 @@ def main(argv=None) -> int:
   tmp = None
   out = pathlib.Path(args.out) if args.out else pathlib.Path(tmp := tempfile.mkdtemp())
   rng = np.random.default_rng(0)
-  writer = results.Writer(out, stamp=provenance.collect())
+  writer = results.Writer(out, stamp=provenance_stamp())
   raw = 0
   commit_seconds, synth_seconds, rid = 0.0, 0.0, None
   for start in range(0, args.runs, args.batch):

@@ -37,15 +37,14 @@ import sys
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-import dmfjax  # noqa: E402,F401  (sets OPENBLAS_NUM_THREADS before numpy loads)
-
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from jax import lax  # noqa: E402
 
-from dmfjax import train  # noqa: E402
-from dmfjax.numerics import full_precision  # noqa: E402
+import dmfjax  # noqa: E402,F401  (sets OPENBLAS_NUM_THREADS before numpy loads)
+from dmfjax.core import train
+from dmfjax.core.numerics import full_precision  # noqa: E402
 
 
 def gemm_gflops(size: int = 2048, repeats: int = 5) -> float:
@@ -98,7 +97,7 @@ def _prepared(depth, n, batch, seconds, steps=None):
 
 def _cpu_batches(depth, n, runs) -> list[int]:
   """Batch sizes the sweep planner gives ``runs`` runs of one worker on a CPU."""
-  from dmfjax import planner
+  from dmfjax.sweep import planner
   run = dict(method="dmf", problem="completion", dtype="float32", n_rows=n, n_cols=n,
              n_obs=n * n // 5, width=n, depth=depth, optimizer="group_rmsprop")
   cap = planner.cpu_batch_cap(planner.bytes_per_run(run))
@@ -123,7 +122,7 @@ def _worker_share(index, barrier, results, configs, seconds, repeats):
   The share is cut into the batches the sweep planner would make on a CPU
   (at most ``planner.cpu_batch_cap`` runs each), advanced one after another.
   """
-  from dmfjax import workers
+  from dmfjax.sweep import workers
   workers.pin_to_core(index)  # as dmfjax.workers does, before JAX starts
   for depth, n, share in configs:
     sizes = _cpu_batches(depth, n, share)
@@ -149,7 +148,8 @@ def workers_rates(configs, num_workers, seconds, repeats) -> dict:
   start to the last end; the best repeat counts.
   """
   import multiprocessing
-  from dmfjax import workers
+
+  from dmfjax.sweep import workers
   ctx = multiprocessing.get_context("spawn")
   shares = [(d, n, -(-b // num_workers)) for d, n, b in configs]
   barrier, results = ctx.Barrier(num_workers), ctx.Queue()

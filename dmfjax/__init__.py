@@ -1,22 +1,24 @@
 """dmfjax: implicit regularization in deep matrix factorization, batched in JAX.
 
-Modules, one concept each:
+The package is layered; each layer imports only those below it (a test reads
+the imports and holds to this):
 
-* ``fields``    -- every run and sweep field, declared once
-* ``problems``, ``datafiles``, ``ratings`` -- W*, completion and sensing
-  observations, the loss; problems from files; MovieLens ``u.data``
-* ``models``    -- factors W_1..W_N, initializations, the end-to-end product
-* ``optimizers``-- GD, GroupRMSprop, Adam (optax transformations)
-* ``metrics``   -- reconstruction error, nuclear norm, effective rank, ...
-* ``train``, ``sparse`` -- the single-run training kernel, batched with
-  ``jax.vmap``; its sparse completion loss
-* ``nuclear_norm`` -- the minimum-nuclear-norm baseline (batched solver)
-* ``spec``, ``planner``, ``batching``, ``executor``, ``rows``, ``progress``,
-  ``workers``, ``sweep``, ``cli`` -- sweeps: specs, plan, schedule, command line
-* ``results``, ``txlog``, ``recovery``, ``compaction``, ``locks``,
-  ``provenance``, ``reading`` -- the Parquet results store
-* ``analysis``, ``dynamics``, ``plots``, ``report``, ``theory`` -- reading the
-  tables back
+* base: ``fields`` (every run field, declared once), ``errors`` (every
+  exception users catch), ``checksums`` -- plain Python, importing nothing
+  of dmfjax;
+* ``dmfjax.core`` -- the JAX layer: problems, the deep factorization, its
+  single-run training kernel batched with ``jax.vmap``, the nuclear-norm
+  baseline, the theory's formulas;
+* ``dmfjax.results`` -- the Parquet results store: schema, commits,
+  transaction log, locks, recovery, compaction, reading; no JAX;
+* ``dmfjax.spec`` -- sweeps as code: ``Spec``, typed overrides, validation,
+  expansion into runs (above ``core``, which it validates against);
+* ``dmfjax.sweep`` -- the engine: plan, batch, execute, commit, on one host or
+  many;
+* ``dmfjax.analysis`` -- tables, figures and the report, from the store alone;
+* ``dmfjax.cli`` -- the ``dmfjax`` command, on top; nothing imports it.
+
+The maths the code implements is written out in ``docs/maths.md``.
 """
 
 import os as _os
@@ -29,4 +31,9 @@ import os as _os
 # importing dmfjax (or numpy) to choose otherwise.
 _os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-__version__ = "0.1.0"
+from dmfjax import _compat  # noqa: E402
+from dmfjax._version import __version__  # noqa: E402
+
+_compat.install()
+
+__all__ = ["__version__"]

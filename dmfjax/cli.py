@@ -6,10 +6,15 @@
     dmfjax specs
 
 Kept short on purpose: flags become arguments of ``sweep.run_sweep`` and
-``report.write_report``; the logic lives in tested modules. Exit status:
-0 done, 2 bad input (the message names the field, file or flag), 1 a worker
-process failed, 130 interrupted. ``python -m dmfjax.sweep`` and
-``python -m dmfjax.report`` are the same subcommands.
+``analysis.write_report``; the logic lives in tested libraries. Exit status
+(``dmfjax.errors``): 0 done, 2 bad input (the message names the field, file
+or flag), 1 a worker process or a process of the job failed, 130
+interrupted. ``python -m dmfjax`` is the same command and ``python -m
+dmfjax.sweep`` its ``sweep`` subcommand. Long command lines go in a file:
+``--flagfile=sweep.flags`` (absl's format: one flag a line, ``#`` comments,
+nested flagfiles).
+
+Nothing in dmfjax imports this module: it sits on top of every layer.
 """
 
 from __future__ import annotations
@@ -18,13 +23,33 @@ import argparse
 import pathlib
 import sys
 
-from dmfjax import fields, specs, storage
+from absl import flags as absl_flags
+from absl import logging as absl_logging
+from absl.flags import argparse_flags
+
+from dmfjax import errors, fields
 
 EXIT_BAD_INPUT, EXIT_WORKER_FAILED, EXIT_INTERRUPTED = 2, 1, 130
 
 
-class _Parser(argparse.ArgumentParser):
-  """argparse that exits 2 with ``error: ...`` (its own usage errors too)."""
+# ``--flagfile`` is expanded by absl (argparse_flags) against flags of our own,
+# so that absl's logging flags do not crowd ``--help``.
+_FLAGFILE_ONLY = absl_flags.FlagValues()
+
+
+class _Parser(argparse_flags.ArgumentParser):
+  """argparse with absl's ``--flagfile``, exiting 2 with ``error: ...`` (its
+  own usage errors too)."""
+
+  def __init__(self, **kwargs):
+    kwargs.setdefault("inherited_absl_flags", _FLAGFILE_ONLY)
+    super().__init__(**kwargs)
+
+  def parse_known_args(self, args=None, namespace=None):
+    try:
+      return super().parse_known_args(args, namespace)
+    except absl_flags.Error as e:  # an unreadable --flagfile
+      self.error(f"flagfile: {str(e).removeprefix('ERROR:: ')}")
 
   def error(self, message):
     self.exit(EXIT_BAD_INPUT, f"error: {message}\n(see {self.prog} --help)\n")
@@ -98,110 +123,147 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _sweep(args) -> int:
-  from dmfjax import compile_cache, planner, results, spec as spec_lib, sweep, workers
-  spec = spec_lib.load_spec(specs.resolve(args.spec))
+  from dmfjax import results, sweep
+  from dmfjax import spec as spec_lib
+  from dmfjax.sweep import compile_cache, planner
+  spec = spec_lib.load_spec(spec_lib.resolve(args.spec))
   overrides = list(args.set) + ([f"data={args.data!r}"] if args.data else [])
   spec = spec_lib.apply_overrides(spec, overrides)
   budget = None
   if args.memory_gb is not None:
     if not args.memory_gb > 0:
-      raise spec_lib.SpecError(f"memory_gb: must be > 0, got {args.memory_gb}")
+      raise errors.FlagError(f"memory_gb: must be > 0, got {args.memory_gb}")
     budget = int(args.memory_gb * 2**30)
   _check_processes(args)
   if args.dry_run:
-    out = args.out if args.out and storage.has_results(args.out) else None
+    out = args.out if args.out and results.store_exists(args.out) else None
     p = planner.plan(spec, out, args.num_shards, args.shard_index, budget,
                      workers=args.workers)
     print(planner.describe(p, spec))
     return 0
   if not args.out:
-    raise spec_lib.SpecError("out: --out DIR is required")
+    raise errors.FlagError("out: --out DIR is required")
   compile_cache.enable(args.compile_cache)
-  leader = True
+  leader, stream = True, sys.stderr
   if args.distributed:
-    from dmfjax import multihost
+    from dmfjax.sweep import multihost
     multihost.initialize(args.coordinator_address, args.num_processes, args.process_id)
     import jax
     leader = jax.process_index() == 0
+    stream = _ProcessLog(jax.process_index(), jax.process_count())
+  resume = (f"[dmfjax] runs that finished are written under {args.out}; "
+            "run the same command again to resume.")
   try:
     p = sweep.run_sweep(spec, args.out, args.num_shards, args.shard_index, budget,
-                        repack=args.repack, workers=args.workers, compact=args.compact,
-                        wait=args.wait, ray_address=args.ray, distributed=args.distributed)
-  except workers.WorkerError as e:
-    print(f"error: {e}\n[dmfjax] runs that finished are written under {args.out}; "
-          "run the same command again to resume.", file=sys.stderr)
+                        stream=stream, repack=args.repack, workers=args.workers,
+                        compact=args.compact, wait=args.wait, ray_address=args.ray,
+                        distributed=args.distributed)
+  except (errors.WorkerError, errors.JobFailed) as e:
+    print(f"error: {e}\n{resume}", file=sys.stderr, flush=True)
     return EXIT_WORKER_FAILED
-  except sweep.JobFailed as e:
-    print(f"error: {e}\n[dmfjax] runs that finished are written under {args.out}; "
-          "run the same command again to resume.", file=sys.stderr, flush=True)
-    return EXIT_WORKER_FAILED
-  except sweep.Interrupted:
-    print(f"[dmfjax] interrupted: finished runs are written under {args.out}; "
-          "run the same command again to resume.", file=sys.stderr)
+  except errors.Interrupted:
+    print(f"[dmfjax] interrupted: {resume.split('] ', 1)[1]}", file=sys.stderr)
     return EXIT_INTERRUPTED
   if not leader:  # process 0 prints the table of the whole job
     return 0
   ids = {r["run_id"] for r in p.runs}
   runs = results.read_table(args.out)
-  print(sweep.summary_table(runs[runs.run_id.isin(ids)]))
+  print(summary_table(runs[runs.run_id.isin(ids)]))
   print(f"results: {args.out} (load them with: from dmfjax import analysis; "
         f"runs = analysis.load_runs({str(args.out)!r}))")
   if args.report:
     try:
-      from dmfjax import report
-      path = report.write_report([args.out], _report_dir(args.out))
+      from dmfjax import analysis
+      path = analysis.write_report([args.out], _report_dir(args.out))
       print(f"report: {path}")
     except ImportError as e:
       print(f"report skipped ({e}); install the 'plot' extra: pip install 'dmfjax[plot]'")
   return 0
 
 
+def summary_table(runs) -> str:
+  """The depth comparison printed at the end of a sweep
+  (``analysis.depth_comparison``)."""
+  from dmfjax import analysis
+  if len(runs) == 0:
+    return "(no runs)"
+  table = analysis.depth_comparison(runs)
+  return table.to_string(index=False, float_format=lambda x: f"{x:.3g}")
+
+
+class _ProcessLog:
+  """A text stream for one process of a ``--distributed`` job: each line goes
+  to absl logging, prefixed with the process index (``[p1/4]``), so that the
+  interleaved logs of a job's processes say who wrote what."""
+
+  def __init__(self, index: int, count: int):
+    self.prefix = f"[p{index}/{count}] "
+    self.pending = ""
+    absl_logging.use_absl_handler()
+    absl_logging.set_verbosity(absl_logging.INFO)
+
+  def write(self, text: str) -> int:
+    lines = (self.pending + text).split("\n")
+    self.pending = lines.pop()
+    for line in lines:
+      if line.strip():
+        absl_logging.info("%s%s", self.prefix, line.strip("\r"))
+    return len(text)
+
+  def flush(self) -> None:
+    if self.pending.strip():
+      absl_logging.info("%s%s", self.prefix, self.pending)
+    self.pending = ""
+
+  def isatty(self) -> bool:
+    return False
+
+
 def _check_processes(args) -> None:
   """The flags of --distributed, checked before connecting to the job."""
-  from dmfjax import spec as spec_lib
+  from dmfjax import sweep
   n, i = args.num_processes, args.process_id
   if n is not None and n < 1:
-    raise spec_lib.SpecError(f"num_processes: must be an integer >= 1, got {n}")
+    raise errors.FlagError(f"num_processes: must be an integer >= 1, got {n}")
   if i is not None and not 0 <= i < (n or i + 1):
-    raise spec_lib.SpecError(f"process_id: must be an integer in [0, {n}), got {i}")
+    raise errors.FlagError(f"process_id: must be an integer in [0, {n}), got {i}")
   for name in ("coordinator_address", "num_processes", "process_id"):
     if getattr(args, name) is not None and not args.distributed:
-      raise spec_lib.SpecError(f"{name}: only with --distributed")
-  if args.distributed and (args.ray is not None or args.num_shards != 1):
-    raise spec_lib.SpecError("distributed: each process is a shard of the job; "
-                             "use it without --num_shards/--shard_index and --ray")
+      raise errors.FlagError(f"{name}: only with --distributed")
+  sweep.check_backends(args.distributed, args.ray, args.num_shards)
 
 
 def _report_dir(out: str) -> pathlib.Path:
   """Where ``sweep --report`` writes: OUT/report, or ./NAME-report for a URI."""
+  from dmfjax.results import storage
   if storage.is_uri(out):
     return pathlib.Path(f"{out.rstrip('/').rsplit('/', 1)[-1]}-report")
   return pathlib.Path(out) / "report"
 
 
 def _report(args) -> int:
+  from dmfjax import analysis, results
   for d in args.results:
-    if not storage.has_results(d):
+    if not results.store_exists(d):
       print(f"error: results: {d!r} is not a dmfjax results directory (no runs/ table)",
             file=sys.stderr)
       return EXIT_BAD_INPUT
-  from dmfjax import report
-  print(report.write_report(args.results, args.out, theory=args.theory,
-                            recovery_threshold=args.recovery_threshold))
+  print(analysis.write_report(args.results, args.out, theory=args.theory,
+                              recovery_threshold=args.recovery_threshold))
   return 0
 
 
 def _compact(args) -> int:
-  from dmfjax import compaction, recovery, results
+  from dmfjax import results
   out = args.out
-  if not storage.has_results(out):
-    raise results.ResultsError(f"results: {args.out!r} is not a dmfjax results directory "
-                               "(no runs/ table)")
-  for msg in recovery.recover(out):
+  if not results.store_exists(out):
+    raise errors.ResultsError(f"results: {args.out!r} is not a dmfjax results directory "
+                              "(no runs/ table)")
+  for msg in results.recover(out):
     print(f"[dmfjax] {msg}", file=sys.stderr)
   try:
-    f = compaction.compact(out)
-  except compaction.Busy as e:
+    f = results.compact(out)
+  except errors.CompactionBusy as e:
     print(f"error: {e}", file=sys.stderr)
     return EXIT_BAD_INPUT
   print(f"compacted {f['rewritten']} files into {f['written']} in {f['seconds']:.1f}s: "
@@ -210,20 +272,21 @@ def _compact(args) -> int:
 
 
 def _specs(args) -> int:
+  from dmfjax import spec as spec_lib
   del args
-  for name, path in specs.shipped().items():
-    print(f"{name:<16} {specs.summary(path)}")
+  for name, path in spec_lib.shipped().items():
+    print(f"{name:<16} {spec_lib.summary(path)}")
   return 0
 
 
 def main(argv=None) -> int:
   """Runs ``dmfjax ARGV``; returns the exit status."""
   args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
-  from dmfjax import results, spec as spec_lib
   try:
     return {"sweep": _sweep, "report": _report, "compact": _compact,
             "specs": _specs}[args.command](args)
-  except (spec_lib.SpecError, results.ResultsError, FileNotFoundError, ValueError) as e:
+  except (errors.InputError, errors.ResultsError, errors.LockHeld, FileNotFoundError,
+          ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return EXIT_BAD_INPUT
 
@@ -231,6 +294,7 @@ def main(argv=None) -> int:
 def entry_point() -> None:
   """The ``dmfjax`` console script."""
   sys.exit(main())
+
 
 
 if __name__ == "__main__":

@@ -107,7 +107,7 @@ RUN_FIELDS: tuple[Field, ...] = (
        nullable=True),
     _f("init", "str", "gaussian",
        "'gaussian', 'identity', 'orthogonal', 'uniform' or 'balanced'", applies=DMF),
-    _f("init_scale", "float", 1e-3, "init scale s, with ||W(0)||_F ~ s sqrt(n)", role=DYNAMIC,
+    _f("init_scale", "float", 1e-3, "init scale s, with ||W(0)||_F ~ s sqrt(n) for n = m (docs/maths.md §2)", role=DYNAMIC,
        applies=DMF),
     _f("optimizer", "str", "group_rmsprop",
        "'gd', 'group_rmsprop', 'adam' or any optax optimizer name", applies=DMF),
@@ -163,6 +163,11 @@ SPEC_FIELDS = (SWEEP_FIELDS[0],) + tuple(BY_NAME[n] for n in GRID_FIELDS) + SWEE
 
 # Runs-table columns that describe what was run (config), and the seeds.
 SEED_COLUMNS = ("seed", "problem_seed")
+# A run's outcome: the runs table's ``status`` column. The position is the
+# kernel's integer code (``core.train.stop_status``); every stored run has
+# one of FINAL_STATUSES.
+STATUS_NAMES = ("running", "converged", "budget", "diverged")
+FINAL_STATUSES = STATUS_NAMES[1:]
 CONFIG_COLUMNS = ("sweep",) + tuple(n for n in RUN_FIELD_NAMES if n not in SEED_COLUMNS)
 
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import hashlib
+import importlib.resources
 import importlib.util
 import itertools
 import json
@@ -39,15 +40,13 @@ import pathlib
 import traceback
 from typing import Any
 
-from dmfjax import datafiles, fields, models, optimizers, train
-from dmfjax.numerics import DTYPES
-from dmfjax.problems import PROBLEM_KINDS
+from dmfjax import fields
+from dmfjax.core import datafiles, models, optimizers, train
+from dmfjax.core.numerics import DTYPES
+from dmfjax.core.problems import PROBLEM_KINDS
+from dmfjax.errors import SpecError
 
 METHODS = ("dmf", "nuclear_norm")
-
-
-class SpecError(ValueError):
-  """An impossible or unknown config value; the message names the field."""
 
 
 class _SpecMethods:
@@ -371,3 +370,36 @@ def expand(spec: Spec, data_info=None) -> list[dict]:
           seen.add(run["run_id"])
           runs.append(run)
   return runs
+
+
+# ---------------------------------------------------------------------------
+# The shipped specs: experiments/*.py, installed as dmfjax.experiments.
+# ``--spec quickstart`` names a shipped spec; anything else is a path.
+
+
+def _directory() -> pathlib.Path:
+  return pathlib.Path(str(importlib.resources.files("dmfjax.experiments")))
+
+
+def shipped() -> dict[str, pathlib.Path]:
+  """Name -> path of every shipped spec, sorted by name."""
+  return {p.stem: p for p in sorted(_directory().glob("*.py")) if not p.stem.startswith("_")}
+
+
+def resolve(name_or_path: str) -> pathlib.Path:
+  """The spec file for a shipped spec's name or a path (checked by the loader)."""
+  path = pathlib.Path(name_or_path)
+  if path.suffix != ".py" and path.parent == pathlib.Path("."):
+    known = shipped()
+    if name_or_path in known:
+      return known[name_or_path]
+    if not path.exists():
+      raise SpecError(f"spec: {name_or_path!r} is neither a file nor a shipped spec "
+                      f"({', '.join(known)})")
+  return path
+
+
+def summary(path: pathlib.Path) -> str:
+  """The first line of a spec file's docstring."""
+  doc = ast.get_docstring(ast.parse(path.read_text())) or ""
+  return doc.strip().splitlines()[0] if doc.strip() else ""

@@ -7,6 +7,10 @@ import subprocess
 import sys
 import time
 
+import pytest
+
+BUCKET = "dmfjax-test"
+
 
 def start(bucket: str, key: str = "test"):
   """Starts ``python -m moto.server`` on a free port and creates ``bucket``.
@@ -33,3 +37,21 @@ def start(bucket: str, key: str = "test"):
       time.sleep(0.1)
   server.kill()
   raise RuntimeError("moto server did not start")
+
+
+@pytest.fixture(scope="module")
+def s3():
+  """A moto S3 server on a free port, the AWS environment pointing at it, a bucket."""
+  try:
+    server, env = start(BUCKET)
+  except RuntimeError as e:
+    pytest.skip(str(e))
+  import boto3
+  with pytest.MonkeyPatch.context() as mp:
+    for key, value in env.items():
+      mp.setenv(key, value)
+    try:
+      yield boto3.client("s3")
+    finally:
+      server.terminate()
+      server.wait(timeout=30)

@@ -4,14 +4,15 @@ import subprocess
 import sys
 
 import pytest
-
-from dmfjax import cli, spec as spec_lib
-from dmfjax.spec import Spec, SpecError
 from sweep_helpers import ROOT, cli_env, write_spec
+
+from dmfjax import cli
+from dmfjax import spec as spec_lib
+from dmfjax.spec import Spec, SpecError
 
 
 def _dmfjax(*args, cwd=ROOT):
-  return subprocess.run([sys.executable, "-m", "dmfjax.cli", *args], env=cli_env(),
+  return subprocess.run([sys.executable, "-m", "dmfjax", *args], env=cli_env(),
                         capture_output=True, text=True, cwd=cwd, timeout=300)
 
 
@@ -110,7 +111,7 @@ def test_compilation_cache_serves_a_second_sweep(tmp_path):
   done = []
   for out in ("a", "b"):
     proc = subprocess.run(
-        [sys.executable, "-m", "dmfjax.cli", "sweep", f"--spec={spec}",
+        [sys.executable, "-m", "dmfjax", "sweep", f"--spec={spec}",
          f"--out={tmp_path / out}", f"--compile_cache={tmp_path / 'cache'}", "--workers=2"],
         env=cli_env(), capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert proc.returncode == 0, proc.stderr
@@ -120,7 +121,53 @@ def test_compilation_cache_serves_a_second_sweep(tmp_path):
   assert int(compiled_a) > 0 and int(compiled_b) == 0 and cached_b == programs_b
   assert any((tmp_path / "cache").iterdir())
   off = subprocess.run(
-      [sys.executable, "-m", "dmfjax.cli", "sweep", f"--spec={spec}",
+      [sys.executable, "-m", "dmfjax", "sweep", f"--spec={spec}",
        f"--out={tmp_path / 'c'}", "--compile_cache=none", "--workers=1"],
       env=cli_env(), capture_output=True, text=True, cwd=ROOT, timeout=600)
   assert off.returncode == 0 and " 0 from the compilation cache" in off.stderr
+
+
+def test_flagfile_gives_the_same_plan_as_the_command_line(tmp_path, capsys):
+  """``--flagfile`` (absl's format: one flag a line, comments, nesting) is the
+  command line written in a file."""
+  flags = ["--spec=quickstart", "--set=depth=2,3", "--set=seeds=2", "--set=max_steps=500",
+           "--num_shards=2", "--shard_index=1"]
+  assert cli.main(["sweep", "--dry_run", *flags]) == 0
+  direct = capsys.readouterr().out
+  inner = tmp_path / "inner.flags"
+  inner.write_text("--num_shards=2\n--shard_index=1\n")
+  outer = tmp_path / "sweep.flags"
+  outer.write_text("# the quick start, reduced\n" + "\n".join(flags[:4])
+                   + f"\n--flagfile={inner}\n")
+  assert cli.main(["sweep", "--dry_run", f"--flagfile={outer}"]) == 0
+  from_file = capsys.readouterr().out
+  assert from_file == direct and "runs" in direct
+  assert cli.main(["sweep", "--dry_run", "--spec=quickstart", "--set=depth=2,3",
+                   "--set=seeds=2", "--set=max_steps=500"]) == 0
+  assert capsys.readouterr().out != direct  # the shard flags in the file did count
+  with pytest.raises(SystemExit) as e:
+    cli.main(["sweep", f"--flagfile={tmp_path / 'missing.flags'}"])
+  assert e.value.code == 2 and "flagfile: Unable to open" in capsys.readouterr().err
+
+
+def test_process_log_prefixes_each_line_with_the_process_index(caplog):
+  """A ``--distributed`` process's messages go to absl logging, one record a
+  line, prefixed ``[p<i>/<n>]``; partial lines wait for their end."""
+  stream = cli._ProcessLog(1, 4)
+  with caplog.at_level("INFO", logger="absl"):
+    stream.write("[dmfjax] first\n[dmfjax] sec")
+    stream.write("ond\n\n")
+    stream.write("[dmfjax] tail")
+    stream.flush()
+  messages = [r.getMessage() for r in caplog.records if r.name == "absl"]
+  assert messages == ["[p1/4] [dmfjax] first", "[p1/4] [dmfjax] second",
+                      "[p1/4] [dmfjax] tail"]
+  assert not stream.isatty()
+
+
+def test_flag_errors_name_the_flag(capsys):
+  assert cli.main(["sweep", "--spec=quickstart", "--out=x", "--memory_gb=-1"]) == 2
+  assert "memory_gb: must be > 0" in capsys.readouterr().err
+  assert cli.main(["sweep", "--spec=quickstart", "--out=x", "--distributed",
+                   "--num_shards=2"]) == 2
+  assert "distributed: each process is a shard" in capsys.readouterr().err

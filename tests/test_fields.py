@@ -11,9 +11,12 @@ import jax
 import numpy as np
 import pytest
 
-from dmfjax import (analysis, fields, nuclear_norm, planner, provenance, results, rows,
-                    spec as spec_lib, train)
+from dmfjax import analysis, fields, results
+from dmfjax import spec as spec_lib
+from dmfjax.core import nuclear_norm, train
+from dmfjax.results import provenance
 from dmfjax.spec import Spec, SpecError
+from dmfjax.sweep import planner, rows
 
 RUN_NAMES = set(fields.RUN_FIELD_NAMES)
 

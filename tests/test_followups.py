@@ -4,11 +4,13 @@ import io
 
 import numpy as np
 
-from dmfjax import analysis, dynamics, spec as spec_lib, specs, sweep
+from dmfjax import analysis, sweep
+from dmfjax import spec as spec_lib
+from dmfjax.analysis import dynamics
 
 
 def _sweep(name, out, *overrides):
-  spec = spec_lib.apply_overrides(spec_lib.load_spec(specs.resolve(name)), list(overrides))
+  spec = spec_lib.apply_overrides(spec_lib.load_spec(spec_lib.resolve(name)), list(overrides))
   sweep.run_sweep(spec, out, stream=io.StringIO(), workers=1)
   runs = analysis.load_runs(out)
   return runs, analysis.load_trajectories(out, runs=runs)

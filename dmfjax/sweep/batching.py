@@ -1,0 +1,85 @@
+"""Batch sizes and repacking: pure functions of host integers and arrays.
+
+A batch of B runs is advanced chunk by chunk. Its size is padded to a
+multiple of the number of devices D (the run axis is sharded over them). When
+some runs stop, keeping them in the batch costs compute for nothing, so once
+the running runs fit a smaller *bucket* (a power of two times D) the batch is
+repacked: the stopped runs are finalized and written, the running ones are
+gathered into the smaller batch. Bucket sizes repeat, so a shape seen once is
+never compiled again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Optional, Sequence
+
+import numpy as np
+
+from dmfjax.core.train import RUNNING
+
+
+def padded(count: int, num_devices: int) -> int:
+  """The smallest multiple of ``num_devices`` holding ``count`` runs."""
+  return num_devices * math.ceil(count / num_devices)
+
+
+def bucket(count: int, num_devices: int) -> int:
+  """The smallest power of two times ``num_devices`` holding ``count`` runs."""
+  per_device = math.ceil(count / num_devices)
+  return num_devices * (1 << max(0, per_device - 1).bit_length())
+
+
+@dataclasses.dataclass(frozen=True)
+class Repack:
+  """What to do with a batch after a chunk.
+
+  Attributes:
+    done: slots whose runs stopped, to finalize and write now (empty when the
+      batch goes on unchanged).
+    take: the slots of the current batch that form the next one, in order
+      (running runs first, then fillers); None when the batch ends (nothing
+      left running, or a stop was requested) or goes on unchanged.
+    slots: the run index of each slot of the next batch (None: padding).
+    ends: whether the batch ends now.
+  """
+  done: tuple
+  take: Optional[tuple]
+  slots: tuple
+  ends: bool
+
+
+def repack(slots: Sequence[Optional[int]], status, steps, max_steps, num_devices: int,
+           enabled: bool = True, stop: bool = False) -> Repack:
+  """Decides, after a chunk, which runs to write and how to shrink the batch.
+
+  Args:
+    slots: per slot of the batch, the index of its run (None: padding).
+    status, steps: per slot, the run's status (RUNNING = 0) and updates
+      applied, as read after the chunk.
+    max_steps: per slot, the run's step budget (ignored for padding).
+    num_devices: D; batch sizes are multiples of it.
+    enabled: repack into smaller buckets (else only write when the batch ends).
+    stop: a stop was requested: write what stopped and end the batch.
+
+  Returns:
+    A :class:`Repack`. A run counts as running while its status is RUNNING
+    and it has budget left; the batch shrinks when the running runs fit a
+    smaller bucket; the slots that fill the new bucket beyond the running runs
+    are copies of a stopped slot (their results are never written).
+  """
+  status, steps, max_steps = (np.asarray(a) for a in (status, steps, max_steps))
+  real = [s for s, i in enumerate(slots) if i is not None]
+  running = [s for s in real if status[s] == RUNNING and steps[s] < max_steps[s]]
+  done = tuple(s for s in real if s not in running)
+  size = len(slots)
+  new_size = bucket(len(running), num_devices) if running else 0
+  if not running or stop:
+    return Repack(done=done, take=None, slots=tuple(slots), ends=True)
+  if not (enabled and new_size < size):
+    return Repack(done=(), take=None, slots=tuple(slots), ends=False)
+  filler = next((s for s in range(size) if s not in running), running[0])
+  take = tuple(running) + (filler,) * (new_size - len(running))
+  new_slots = tuple(slots[s] for s in running) + (None,) * (new_size - len(running))
+  return Repack(done=done, take=take, slots=new_slots, ends=False)

@@ -1,8 +1,9 @@
-"""The ``dmfjax`` command: ``sweep``, ``report``, ``compact``, ``specs``.
+"""The ``dmfjax`` command: ``sweep``, ``report``, ``compact``, ``verify``, ``specs``.
 
     dmfjax sweep --spec quickstart --out results/qs [--set depth=2,3] [--dry_run]
     dmfjax report --results results/qs --out results/qs/report
     dmfjax compact results/qs
+    dmfjax verify results/qs
     dmfjax specs
 
 Kept short on purpose: flags become arguments of ``sweep.run_sweep`` and
@@ -20,7 +21,9 @@ Nothing in dmfjax imports this module: it sits on top of every layer.
 from __future__ import annotations
 
 import argparse
+import os
 import pathlib
+import shlex
 import sys
 
 from absl import flags as absl_flags
@@ -103,9 +106,15 @@ def _parser() -> argparse.ArgumentParser:
         help="with --distributed where not detected: process 0's address")
   _flag(s, "num_processes", type=int, help="with --distributed where not detected")
   _flag(s, "process_id", type=int, help="with --distributed where not detected")
+  _flag(s, "heartbeat_timeout", type=int, default=30, metavar="SECONDS",
+        help="with --distributed: a process silent this long is dead and the job stops "
+             "(default: 30; JAX's own default is 100)")
   _flag(s, "ray", nargs="?", const="", metavar="ADDRESS",
         help="run the batches as Ray tasks (extra dmfjax[ray]): on the cluster at "
              "ADDRESS, or $RAY_ADDRESS if none is given; 'local' starts one here")
+  _flag(s, "flagfile", metavar="FILE",
+        help="read flags from FILE (absl's format: one flag a line, '#' comments, nested "
+             "--flagfile); expanded before the other flags are parsed")
   _flag(s, "compile_cache", metavar="DIR",
         help="JAX's persistent compilation cache (default: $JAX_COMPILATION_CACHE_DIR or "
              "~/.cache/dmfjax/jax; 'none': off)")
@@ -118,6 +127,10 @@ def _parser() -> argparse.ArgumentParser:
   c = sub.add_parser("compact", help="rewrite a results directory's small files into "
                      "large ones (atomic; safe while sweeps write)")
   c.add_argument("out", help="the results directory")
+  v = sub.add_parser("verify", help="check every committed file of a results store against "
+                     "its log and say what the next sweep would quarantine or re-run "
+                     "(changes nothing; exit 0 clean, 1 problems found, 2 not a store)")
+  v.add_argument("out", help="the results directory or URI")
   sub.add_parser("specs", help="list the shipped specs")
   return top
 
@@ -143,22 +156,38 @@ def _sweep(args) -> int:
     return 0
   if not args.out:
     raise errors.FlagError("out: --out DIR is required")
+  if args.distributed and not _supervised():
+    return _supervise(args)
+  if args.distributed:
+    from dmfjax.sweep import workers
+    workers.die_with_parent(os.getppid())
   compile_cache.enable(args.compile_cache)
   leader, stream = True, sys.stderr
   if args.distributed:
     from dmfjax.sweep import multihost
-    multihost.initialize(args.coordinator_address, args.num_processes, args.process_id)
+    multihost.initialize(args.coordinator_address, args.num_processes, args.process_id,
+                         heartbeat_timeout=args.heartbeat_timeout)
     import jax
     leader = jax.process_index() == 0
     stream = _ProcessLog(jax.process_index(), jax.process_count())
   resume = (f"[dmfjax] runs that finished are written under {args.out}; "
-            "run the same command again to resume.")
+            f"run the same command again to resume:\n  {_command_line(args)}")
   try:
     p = sweep.run_sweep(spec, args.out, args.num_shards, args.shard_index, budget,
                         stream=stream, repack=args.repack, workers=args.workers,
                         compact=args.compact, wait=args.wait, ray_address=args.ray,
                         distributed=args.distributed)
-  except (errors.WorkerError, errors.JobFailed) as e:
+  except errors.StorageFailed as e:
+    print(f"error: the results store stopped taking writes: {e}\n"
+          f"[dmfjax] every commit before it is whole and nothing of the failed batch was "
+          f"committed; free space or restore access to {args.out}, then resume with:\n"
+          f"  {_command_line(args)}", file=sys.stderr, flush=True)
+    return EXIT_WORKER_FAILED
+  except errors.WorkerError as e:  # a bug, or a crash: the tracebacks help
+    tracebacks = "".join(f"\n{t}" for t in e.tracebacks)
+    print(f"{tracebacks}\nerror: {e}\n{resume}", file=sys.stderr, flush=True)
+    return EXIT_WORKER_FAILED
+  except errors.JobFailed as e:
     print(f"error: {e}\n{resume}", file=sys.stderr, flush=True)
     return EXIT_WORKER_FAILED
   except errors.Interrupted:
@@ -179,6 +208,51 @@ def _sweep(args) -> int:
     except ImportError as e:
       print(f"report skipped ({e}); install the 'plot' extra: pip install 'dmfjax[plot]'")
   return 0
+
+
+# A --distributed process runs as the child of a small supervisor (this same
+# command), which names the failure when JAX's runtime aborts the child.
+_SUPERVISOR = "DMFJAX_SUPERVISOR_PID"
+
+
+def _supervised() -> bool:
+  return os.environ.get(_SUPERVISOR) == str(os.getppid())
+
+
+def _supervise(args) -> int:
+  """Runs this ``--distributed`` process as a child and reports how it ended.
+
+  When the job loses a process (the coordinator or a peer), JAX's
+  coordination client aborts the survivors from a C++ thread (SIGABRT, exit
+  134): no Python code of theirs runs again. The supervisor, which holds no
+  JAX runtime, outlives it and says what happened and how to resume. The
+  child dies with the supervisor (PR_SET_PDEATHSIG); SIGTERM, SIGUSR1 and
+  SIGHUP sent to the supervisor alone are passed on; SIGINT from a terminal
+  reaches the child directly (same process group), so it is not forwarded.
+  """
+  import signal
+  import subprocess
+  child = subprocess.Popen([sys.executable, "-m", "dmfjax", *args.argv],
+                           env=dict(os.environ, **{_SUPERVISOR: str(os.getpid())}))
+  for signum in (signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP):
+    signal.signal(signum, lambda s, _: child.send_signal(s))
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
+  code = child.wait()
+  if code in (-signal.SIGABRT, 128 + signal.SIGABRT):
+    who = f"process {args.process_id}" if args.process_id is not None else "this process"
+    print(f"error: {who} of the --distributed job was stopped by JAX's distributed "
+          "runtime: another process of the job (or its coordinator, process 0) is gone "
+          "(JAX's log above says which).\n"
+          f"[dmfjax] runs that finished are written under {args.out}; once every process "
+          f"of the job has stopped, start the job again to resume:\n  {_command_line(args)}",
+          file=sys.stderr, flush=True)
+    return EXIT_WORKER_FAILED
+  return code if code >= 0 else 128 - code
+
+
+def _command_line(args) -> str:
+  """The command being run, shell-quoted: what resumes it."""
+  return shlex.join(["dmfjax", *args.argv])
 
 
 def summary_table(runs) -> str:
@@ -227,6 +301,9 @@ def _check_processes(args) -> None:
     raise errors.FlagError(f"num_processes: must be an integer >= 1, got {n}")
   if i is not None and not 0 <= i < (n or i + 1):
     raise errors.FlagError(f"process_id: must be an integer in [0, {n}), got {i}")
+  if args.heartbeat_timeout < 1:
+    raise errors.FlagError(f"heartbeat_timeout: must be an integer >= 1 (seconds), "
+                           f"got {args.heartbeat_timeout}")
   for name in ("coordinator_address", "num_processes", "process_id"):
     if getattr(args, name) is not None and not args.distributed:
       raise errors.FlagError(f"{name}: only with --distributed")
@@ -271,6 +348,13 @@ def _compact(args) -> int:
   return 0
 
 
+def _verify(args) -> int:
+  from dmfjax import results
+  report = results.verify(args.out)
+  print(report.format(), end="")
+  return report.exit_status
+
+
 def _specs(args) -> int:
   from dmfjax import spec as spec_lib
   del args
@@ -281,9 +365,11 @@ def _specs(args) -> int:
 
 def main(argv=None) -> int:
   """Runs ``dmfjax ARGV``; returns the exit status."""
-  args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+  argv = sys.argv[1:] if argv is None else list(argv)
+  args = _parser().parse_args(argv)
+  args.argv = argv
   try:
-    return {"sweep": _sweep, "report": _report, "compact": _compact,
+    return {"sweep": _sweep, "report": _report, "compact": _compact, "verify": _verify,
             "specs": _specs}[args.command](args)
   except (errors.InputError, errors.ResultsError, errors.LockHeld, FileNotFoundError,
           ValueError) as e:

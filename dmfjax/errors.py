@@ -3,8 +3,8 @@
 Catch :class:`DmfjaxError` for all of them. The command line maps them to
 its exit status (``dmfjax.cli``): :class:`InputError` and its subclasses,
 :class:`ResultsError` and :class:`LockHeld` exit 2 (the message names the
-field, flag, file or holder); :class:`WorkerError` and :class:`JobFailed`
-exit 1; :class:`Interrupted` exits 130. Every class keeps the built-in base
+field, flag, file or holder); :class:`StorageFailed`, :class:`WorkerError` and
+:class:`JobFailed` exit 1; :class:`Interrupted` exits 130. Every class keeps the built-in base
 it had before this module existed (``ValueError``, ``RuntimeError``), so code
 that caught those still does.
 
@@ -16,7 +16,8 @@ from __future__ import annotations
 __all__ = [
     "DmfjaxError", "InputError", "SpecError", "FlagError", "DataFileError",
     "RatingsFileError", "ResourceError", "BackendError", "ResultsError", "LockHeld",
-    "CompactionBusy", "WorkerError", "JobFailed", "Interrupted",
+    "CompactionBusy", "ResultsWriteError", "StorageFailed", "WorkerError", "JobFailed",
+    "Interrupted",
 ]
 
 
@@ -74,11 +75,35 @@ class CompactionBusy(DmfjaxError):
   """Another compaction is running, or an input changed under this one."""
 
 
+class ResultsWriteError(ResultsError, OSError):
+  """The store could not be written (no space left, a read-only file system,
+  no permission); the message names the path and the cause and says that
+  nothing of what was being written was committed. Also an ``OSError`` (with
+  its ``errno``), so that a sweep counts it as a failure of the store."""
+
+
 # --- Running: what finished is committed; the same command resumes. ----------
 
+class StorageFailed(DmfjaxError, OSError):
+  """The results store stopped accepting writes during a sweep (a full disk,
+  a lost mount, an object store that went away); the message names the
+  cause. Every commit before it is whole; nothing of the failed batch is."""
+
+
 class WorkerError(DmfjaxError, RuntimeError):
-  """A worker process or Ray task raised or died; the message holds its
-  traceback."""
+  """A worker process or Ray task raised or died; the message says which and
+  why, one line each.
+
+  Attributes:
+    causes: per failure, ``"<type>: <message>"`` of the exception (or how the
+      process died).
+    tracebacks: the workers' tracebacks, where there were any.
+    storage: every failure was an ``OSError`` (the store, not a bug).
+  """
+
+  def __init__(self, message: str, causes=(), tracebacks=(), storage: bool = False):
+    super().__init__(message)
+    self.causes, self.tracebacks, self.storage = list(causes), list(tracebacks), storage
 
 
 class JobFailed(DmfjaxError, RuntimeError):

@@ -107,13 +107,15 @@ RUN_FIELDS: tuple[Field, ...] = (
        nullable=True),
     _f("init", "str", "gaussian",
        "'gaussian', 'identity', 'orthogonal', 'uniform' or 'balanced'", applies=DMF),
-    _f("init_scale", "float", 1e-3, "init scale s, with ||W(0)||_F ~ s sqrt(n) for n = m (docs/maths.md §2)", role=DYNAMIC,
-       applies=DMF),
+    _f("init_scale", "float", 1e-3,
+       "init scale s, with ||W(0)||_F ~ s sqrt(n) for n = m (docs/maths.md §2)",
+       role=DYNAMIC, applies=DMF),
     _f("optimizer", "str", "group_rmsprop",
        "'gd', 'group_rmsprop', 'adam' or any optax optimizer name", applies=DMF),
     _f("lr", "float", 1e-3, "learning rate", role=DYNAMIC, applies=DMF),
     _f("seed", "int", 0, "seeds the init (a spec gives 'seeds')", role=DYNAMIC, applies=DMF),
-    _f("max_steps", "int", 1_000_000, "step budget", role=DYNAMIC, applies=DMF),
+    _f("max_steps", "int", 1_000_000, "step budget: at most this many updates (>= 1)",
+       role=DYNAMIC, applies=DMF),
     _f("stop_loss", "float", 1e-6, "stop when the train loss <= stop_loss", role=DYNAMIC,
        applies=DMF),
     _f("divergence_factor", "float", 1e4,
@@ -123,7 +125,9 @@ RUN_FIELDS: tuple[Field, ...] = (
        "'mean': l(W) = (1/k) sum_i (<A_i, W> - y_i)^2 (the paper's); 'sum': without 1/k",
        applies=DMF, neutral="mean"),
     _f("log_every", "int", 1000, "steps between trajectory rows", applies=DMF),
-    _f("top_k", "int", 10, "singular values kept per trajectory row", applies=DMF),
+    _f("top_k", "int", 10,
+       "singular values kept per trajectory row, <= min(n_rows, n_cols) (the default 10 "
+       "keeps min(10, n_rows, n_cols))", applies=DMF),
     _f("alignment", "bool", False, "log the alignment of U^T grad l(W) V", applies=DMF),
     _f("track_entries", "str", None,
        "entries of W logged in every trajectory row (column tracked_values), as 'a:b' "
@@ -139,16 +143,29 @@ RUN_FIELDS: tuple[Field, ...] = (
        "used 1e-3)", applies=NUCLEAR_NORM, neutral=0.0),
 )
 
+# The most runs one sweep may expand to (``spec.expand`` refuses more, before
+# building any): a million runs take ~1 GiB of run configs on the host.
+MAX_RUNS = 10_000_000
+
 # Fields of a sweep that are not run fields (not grid axes).
 SWEEP_FIELDS: tuple[Field, ...] = (
     _f("name", "str", "sweep", "written to the runs table's 'sweep' column"),
-    _f("seeds", "int", 3, "a count N (seeds 0..N-1) or a list of seeds; seeds the init"),
+    _f("seeds", "int", 3,
+       "a count N (seeds 0..N-1) or a list of seeds; seeds the init (a sweep holds at most "
+       f"MAX_RUNS = {MAX_RUNS:,} runs)"),
     _f("chunk_steps", "int", 5000, "steps per compiled chunk (progress and repacking cadence)"),
     _f("max_batch", "int", 1024, "runs per compiled batch at most"),
     _f("variants", "list", None,
        "a list of dicts of field overrides; the grid is taken once per variant",
        nullable=True),
+    _f("rating_min", "float", 1.0,
+       "ratings: the lowest valid rating; a rating outside [rating_min, rating_max] in the "
+       "data file is an error (checks the file only: not part of a run)"),
+    _f("rating_max", "float", 5.0, "ratings: the highest valid rating (MovieLens: 1 to 5)"),
 )
+
+# Sweep fields that a variant may override besides the grid fields.
+VARIANT_SWEEP_FIELDS = ("seeds", "rating_min", "rating_max")
 
 BY_NAME: dict[str, Field] = {f.name: f for f in RUN_FIELDS + SWEEP_FIELDS}
 RUN_FIELD_NAMES = tuple(f.name for f in RUN_FIELDS)
@@ -210,6 +227,15 @@ def type_error(name: str, value) -> str | None:
     return None
   allowed = _TYPE_WORDS[field.type] + (" or None" if field.nullable else "")
   return f"must be {allowed}, got {value!r} ({type(value).__name__})"
+
+
+def markdown_table() -> str:
+  """Every spec field as the README's Markdown table (a test keeps them equal)."""
+  rows = ["| field | default | meaning |", "| --- | --- | --- |"]
+  for f in SPEC_FIELDS:
+    role = " (batched number)" if f.role == DYNAMIC else ""
+    rows.append(f"| `{f.name}` | `{f.default!r}` | {f.doc.replace('|', chr(92) + '|')}{role} |")
+  return "\n".join(rows)
 
 
 def help_text() -> str:

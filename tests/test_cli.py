@@ -52,11 +52,13 @@ def test_bad_overrides_exit_2_before_anything_is_written(tmp_path, capsys, overr
 def test_typed_overrides():
   spec = spec_lib.apply_overrides(Spec(), [
       "alignment=true", "symmetric=False", "width=none", "depth=2,3", "n_obs=[100,200]",
-      "init=gaussian,identity", "lr=1e-3", "name=123", "seeds=[5]", "data='/a b/u.data'"])
+      "init=gaussian,identity", "lr=1e-3", "name='123'", "seeds=[5]", "data='/a b/u.data'"])
   assert spec.alignment is True and spec.symmetric is False and spec.width is None
   assert spec.depth == [2, 3] and spec.n_obs == [100, 200]
   assert spec.init == ["gaussian", "identity"] and spec.lr == 1e-3 and spec.name == "123"
   assert spec.data == "/a b/u.data"
+  with pytest.raises(SpecError, match="^name: "):  # a number is no name: quote it
+    spec_lib.apply_overrides(Spec(), ["name=123"])
   runs = spec_lib.expand(spec_lib.apply_overrides(Spec(n_rows=6, n_cols=5, rank=2, n_obs=9),
                                                   ["seeds=[5]"]))
   assert [r["seed"] for r in runs] == [5]  # a list: the seeds themselves

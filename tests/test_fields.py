@@ -6,6 +6,7 @@ config columns, the row builders, the help text).
 """
 
 import dataclasses
+import pathlib
 
 import jax
 import numpy as np
@@ -148,3 +149,27 @@ def test_a_field_at_its_neutral_value_keeps_old_run_ids():
     assert spec_lib.run_id(old) == run["run_id"]
   changed = _expanded(loss="sum", nn_eps=1e-3)
   assert {r["run_id"] for r in changed}.isdisjoint({r["run_id"] for r in _expanded()})
+
+
+def test_the_rating_scale_is_a_sweep_field_a_variant_may_set():
+  """rating_min/rating_max check a ratings file; they are not run fields (no
+  column, no part of run_id), and a variant may set them like seeds."""
+  for name in ("rating_min", "rating_max"):
+    assert name not in RUN_NAMES and name not in fields.GRID_FIELDS
+    assert name in {f.name for f in fields.SPEC_FIELDS} - {f.name for f in fields.RUN_FIELDS}
+    assert name in fields.VARIANT_SWEEP_FIELDS and name not in results.RUNS_SCHEMA.names
+  assert (Spec().rating_min, Spec().rating_max) == (1.0, 5.0)
+  spec = Spec(n_rows=6, n_cols=5, rank=2, n_obs=12, seeds=1, variants=[{"rating_max": 10.0}])
+  assert len(spec_lib.expand(spec)) == 1
+  with pytest.raises(SpecError, match=r"^rating_max: must be >= rating_min = 1, got 0.5"):
+    spec_lib.expand(spec.replace(variants=[{"rating_max": 0.5}]))
+
+
+def test_max_runs_is_documented_in_the_help():
+  assert f"{fields.MAX_RUNS:,}" in fields.help_text()
+
+
+def test_the_readme_lists_every_spec_field_as_declared():
+  """The README's field table is ``fields.markdown_table()``: one definition."""
+  readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+  assert fields.markdown_table() in readme

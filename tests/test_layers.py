@@ -8,7 +8,7 @@ layer table of the README ("Layout"):
     base      fields, errors, checksums, _version   import nothing of dmfjax
     core      dmfjax.core.*                           base
     results   dmfjax.results.*                        base; never JAX
-    spec      dmfjax.spec                             base, core
+    spec      dmfjax.spec.*                           base, core
     sweep     dmfjax.sweep.*                          base, core, results, spec
     analysis  dmfjax.analysis.*                       base, core, results
     cli       dmfjax.cli                              anything; imported by nothing

@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 from dmfjax import fields, results
-from dmfjax.results import reading, storage
+from dmfjax.results import frames, storage
 
 # Columns that describe *what* was run (as opposed to what was measured).
 CONFIG_COLUMNS = fields.CONFIG_COLUMNS
@@ -66,7 +66,7 @@ def _check_table(results_dir, table: str) -> None:
 def _load(results_dirs, table, columns, filter_, run_ids=None):
   for d in results_dirs:
     _check_table(d, table)
-  return reading.load(results_dirs, table, columns, filter_, run_ids)
+  return frames.load(results_dirs, table, columns, filter_, run_ids)
 
 
 def load_manifests(results_dir) -> list[dict]:
@@ -74,7 +74,7 @@ def load_manifests(results_dir) -> list[dict]:
 
   A version-1 directory's single ``manifest.json`` comes first.
   """
-  return reading.manifests(results_dir)
+  return frames.manifests(results_dir)
 
 
 def load_manifest(results_dir) -> dict:
@@ -106,8 +106,8 @@ def load_runs(*results_dirs, columns: Sequence[str] | None = None, **filters) ->
     columns += [c for c in filters if c not in columns and c in results.RUNS_SCHEMA.names]
   ids = filters.pop("run_id", None)
   ids = None if ids is None else ([ids] if isinstance(ids, str) else list(ids))
-  runs = reading.frame(_load(results_dirs, results.RUNS, columns,
-                      reading.pushdown(filters, results.RUNS_SCHEMA), ids))
+  runs = frames.frame(_load(results_dirs, results.RUNS, columns,
+                      frames.pushdown(filters, results.RUNS_SCHEMA), ids))
   duplicated = runs["run_id"].duplicated()
   if duplicated.any():
     warnings.warn(f"load_runs: {int(duplicated.sum())} run_id(s) appear more "
@@ -145,7 +145,7 @@ def load_trajectories(*results_dirs, runs: pd.DataFrame | None = None,
     wanted = set(run_ids) if wanted is None else wanted & set(run_ids)
   if columns is not None:
     columns = ["run_id", "step"] + [c for c in columns if c not in ("run_id", "step")]
-  traj = reading.frame(_load(results_dirs, results.TRAJECTORIES, columns, None, wanted),
+  traj = frames.frame(_load(results_dirs, results.TRAJECTORIES, columns, None, wanted),
                 nullable=False)
   if with_config:
     config = runs if runs is not None else load_runs(
@@ -169,7 +169,7 @@ def matches(column: pd.Series, value) -> pd.Series:
   """Boolean mask: where ``column`` matches ``value`` (see :func:`select`)."""
   if value is None:
     return column.isna()
-  if reading.is_listlike(value):
+  if frames.is_listlike(value):
     values = list(value)
     numeric = pd.api.types.is_numeric_dtype(column)
     one_by_one = [v for v in values if v is None or (numeric and isinstance(v, float))]

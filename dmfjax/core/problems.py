@@ -7,8 +7,9 @@ Every observation is y_i = <A_i, W*>. Two families are supported:
   ``target`` matrix (zero off Omega), so that a batch of different observation
   sets with the same count is one ``(batch, n, m)`` array that ``jax.vmap``
   maps over, and the loss gradient is an elementwise product (no scatter).
-* **Matrix sensing**: A_i with i.i.d. N(0, 1/n^2) entries (with ||W*||_F = sqrt(n m)
-  below, E y_i^2 = m / n: RMS 1 for a square W*), stored as ``A`` of shape (k, n, m) and ``y`` of shape (k,).
+* **Matrix sensing**: A_i with i.i.d. N(0, 1/n^2) entries (with ||W*||_F =
+  sqrt(n m) below, E y_i^2 = m / n: RMS 1 for a square W*), stored as ``A``
+  of shape (k, n, m) and ``y`` of shape (k,).
 
 The loss that gradient descent minimizes is the mean squared error over the
 k observations (no regularizer)::

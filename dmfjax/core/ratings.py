@@ -7,12 +7,18 @@ permutation holds out ``test_fraction`` of the ratings: the training entries
 form the observation set Omega, the held-out ones ``test_mask``/``test_target``
 (whose mean squared error is the run's ``test_error``). The data may not be
 redistributed, so dmfjax only reads it from a user-supplied path.
+
+Every rating must be finite and fit in float32; :func:`check_scale` holds
+them to a sweep's [``rating_min``, ``rating_max``] (1 to 5 by default). Errors
+are :class:`RatingsFileError` naming ``data``, the file and the line.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
+from typing import Optional
 
 import jax.numpy as jnp
 import numpy as np
@@ -23,47 +29,80 @@ from dmfjax.errors import RatingsFileError
 
 @dataclasses.dataclass(frozen=True)
 class Ratings:
-  """Ratings as 0-based (item, user) coordinates and values."""
+  """Ratings as 0-based (item, user) coordinates and values.
+
+  ``lines``: the file's line number of each rating (None when not from a file).
+  """
   items: np.ndarray
   users: np.ndarray
   values: np.ndarray
   n_items: int
   n_users: int
+  lines: Optional[np.ndarray] = None
 
   def __len__(self) -> int:
     return len(self.values)
 
 
-def load(path, n_items: int | None = None, n_users: int | None = None) -> Ratings:
-  """Reads a ``u.data`` file; raises RatingsFileError naming path and line."""
+# The largest rating a float32 problem can hold (the default dtype): a larger
+# one would be stored as inf and the run reported as diverged at step 0.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def read(path) -> bytes:
+  """The bytes of a ratings file; RatingsFileError naming ``data`` if it is
+  missing or unreadable."""
   path = os.fspath(path)
   if not os.path.isfile(path):
     raise RatingsFileError(f"data: ratings file {path!r} does not exist")
+  try:
+    with open(path, "rb") as f:
+      return f.read()
+  except OSError as e:
+    raise RatingsFileError(f"data: ratings file {path!r} cannot be read ({e})") from None
+
+
+def load(path, n_items: int | None = None, n_users: int | None = None) -> Ratings:
+  """Reads a ``u.data`` file; raises RatingsFileError naming path and line."""
+  return parse(read(path), os.fspath(path), n_items, n_users)
+
+
+def parse(data: bytes, path: str, n_items: int | None = None,
+          n_users: int | None = None) -> Ratings:
+  """The ratings in ``data``, the bytes of the ``u.data`` file ``path``.
+
+  Lines are read as ``open(path)`` would (UTF-8, undecodable bytes replaced,
+  universal newlines); each rating must be finite and fit in float32.
+  Raises RatingsFileError naming ``data``, the path and the line.
+  """
   rows = []
-  with open(path, "r", encoding="utf-8", errors="replace") as f:
-    for lineno, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      parts = line.split()
-      if len(parts) != 4:
-        raise RatingsFileError(
-            f"data: {path}:{lineno}: expected 4 tab-separated columns "
-            f"'user item rating timestamp', got {len(parts)}: {line.strip()!r}")
-      try:
-        user, item = int(parts[0]), int(parts[1])
-        rating = float(parts[2])
-        int(parts[3])
-      except ValueError:
-        raise RatingsFileError(
-            f"data: {path}:{lineno}: non-numeric value in {line.strip()!r} "
-            "(user and item ids and timestamp must be integers, rating a number)"
-        ) from None
-      if user < 1 or item < 1:
-        raise RatingsFileError(f"data: {path}:{lineno}: ids are 1-based, got "
-                               f"user {user}, item {item}")
-      if not np.isfinite(rating):
-        raise RatingsFileError(f"data: {path}:{lineno}: rating is not finite")
-      rows.append((item - 1, user - 1, rating))
+  text = io.TextIOWrapper(io.BytesIO(data), encoding="utf-8", errors="replace")
+  for lineno, line in enumerate(text, 1):
+    if not line.strip():
+      continue
+    parts = line.split()
+    if len(parts) != 4:
+      raise RatingsFileError(
+          f"data: {path}:{lineno}: expected 4 tab-separated columns "
+          f"'user item rating timestamp', got {len(parts)}: {line.strip()!r}")
+    try:
+      user, item = int(parts[0]), int(parts[1])
+      rating = float(parts[2])
+      int(parts[3])
+    except ValueError:
+      raise RatingsFileError(
+          f"data: {path}:{lineno}: non-numeric value in {line.strip()!r} "
+          "(user and item ids and timestamp must be integers, rating a number)"
+      ) from None
+    if user < 1 or item < 1:
+      raise RatingsFileError(f"data: {path}:{lineno}: ids are 1-based, got "
+                             f"user {user}, item {item}")
+    if not np.isfinite(rating):
+      raise RatingsFileError(f"data: {path}:{lineno}: rating is not finite")
+    if abs(rating) > FLOAT32_MAX:
+      raise RatingsFileError(f"data: {path}:{lineno}: rating {parts[2]} does not fit in "
+                             f"float32 (|rating| <= {FLOAT32_MAX:.4g})")
+    rows.append((item - 1, user - 1, rating, lineno))
   if not rows:
     raise RatingsFileError(f"data: ratings file {path!r} holds no ratings")
   arr = np.asarray(rows, dtype=np.float64)
@@ -77,7 +116,20 @@ def load(path, n_items: int | None = None, n_users: int | None = None) -> Rating
   if len(np.unique(pairs)) != len(pairs):
     raise RatingsFileError(f"data: {path}: the same (user, item) is rated twice")
   return Ratings(items=items, users=users, values=arr[:, 2],
-                 n_items=n_items or max_items, n_users=n_users or max_users)
+                 n_items=n_items or max_items, n_users=n_users or max_users,
+                 lines=arr[:, 3].astype(np.int64))
+
+
+def check_scale(ratings: Ratings, low: float, high: float, path: str) -> None:
+  """Raises RatingsFileError naming ``data``, the file, the line and the value
+  of the first rating outside [low, high] (``rating_min``, ``rating_max``)."""
+  outside = np.flatnonzero((ratings.values < low) | (ratings.values > high))
+  if len(outside):
+    i = outside[0]
+    line = f":{ratings.lines[i]}" if ratings.lines is not None else ""
+    raise RatingsFileError(
+        f"data: {path}{line}: rating {ratings.values[i]:g} is outside the rating scale "
+        f"[{low:g}, {high:g}] (rating_min, rating_max; {len(outside)} rating(s) outside)")
 
 
 def split(ratings: Ratings, test_fraction: float, seed: int):

@@ -7,6 +7,9 @@ small files of each table (and files written with other columns) into large
 ones: rows sorted by ``run_id`` (and
 ``step``), row groups of ``ROW_GROUP_ROWS`` rows with statistics, so that one
 run's trajectory is found by its row groups' run_id ranges, not by a scan.
+A run found in several of the files rewritten together (committed twice, by
+two writers of the same shard) is written once (``rewrite``); ``recovery``
+does the same across all files.
 
 Atomic for a reader that knows nothing of dmfjax. Replacing N files by one
 cannot be done with renames inside one directory (a glob between two renames
@@ -129,21 +132,45 @@ def _read(loc: storage.Location, table: str, name: str, meta: dict | None):
   return schema.read_file(loc.uri(key), table, data=data)
 
 
+def _keys(data: pa.Table, table: str) -> pa.Array:
+  """One string per row naming its key (``reading.KEYS``: run_id, and step)."""
+  run_id = pc.fill_null(pc.cast(data.column("run_id"), pa.string()), "\0")
+  if table == RUNS:
+    return run_id
+  joined = pc.binary_join_element_wise(run_id, pc.cast(data.column("step"), pa.string()),
+                                       "\x1f")
+  return pc.fill_null(joined, "\0")
+
+
+def without(data: pa.Table, table: str, rows: pa.Table) -> pa.Table:
+  """``data`` less the rows whose key (run_id; and step for trajectories) is
+  one of ``rows``'s."""
+  if not rows.num_rows or not data.num_rows:
+    return data
+  return data.filter(pc.invert(pc.is_in(_keys(data, table), value_set=_keys(rows, table))))
+
+
 def rewrite(out, table: str, inputs: list, state: txlog.State, work: str,
-            drop_run_ids=frozenset(), target_bytes: int = TARGET_FILE_BYTES) -> list[dict]:
+            drop_run_ids=frozenset(), target_bytes: int = TARGET_FILE_BYTES,
+            drop_rows: dict | None = None) -> list[dict]:
   """Rewrites ``inputs`` (names in ``out/table``) into sorted large files.
 
-  Rows of ``drop_run_ids`` are left out. Outputs go to ``work/<table>/``
+  Rows of ``drop_run_ids`` are left out, and from each input named in
+  ``drop_rows`` the rows whose key is in its table of keys (``without``).
+  Each run is written once (``reading.dedupe``: runs by run_id, trajectory
+  rows by run_id and step; the copy in the first input, committed ones
+  before unlogged ones, in name order). Outputs go to ``work/<table>/``
   (``work`` relative to the store); returns their log records. Raises if an
   input is unreadable or does not match its checksum (recovery quarantines
   it first).
   """
   loc = storage.location(out)
   logged = state.files[table]
+  drop_rows = drop_rows or {}
   present = loc.sizes(table)
   sizes = {n: present.get(n, 0) for n in inputs}
   batches, batch, size = [], [], 0
-  for name in sorted(inputs):
+  for name in sorted(inputs, key=lambda n: (n not in logged, n)):
     if batch and size + sizes[name] > BATCH_BYTES:
       batches.append(batch)
       batch, size = [], 0
@@ -154,10 +181,16 @@ def rewrite(out, table: str, inputs: list, state: txlog.State, work: str,
   drop = pa.array(sorted(drop_run_ids), pa.string())
   metas = []
   for batch in batches:
-    data = pa.concat_tables([_read(loc, table, n, logged.get(n)) for n in batch])
-    if len(drop):
-      data = data.filter(pc.invert(pc.is_in(data.column("run_id"), value_set=drop)))
-    if not data.num_rows:
+    pieces = []
+    for name in batch:
+      piece = _read(loc, table, name, logged.get(name))
+      if name in drop_rows:
+        piece = without(piece, table, drop_rows[name])
+      if len(drop):
+        piece = piece.filter(pc.invert(pc.is_in(piece.column("run_id"), value_set=drop)))
+      pieces.append(piece)
+    data = reading.dedupe(pieces, reading.KEYS[table])
+    if data is None or not data.num_rows:
       continue
     data = data.sort_by(schema.SORT_KEYS[table])
     data = data.replace_schema_metadata(schema.FILE_METADATA)

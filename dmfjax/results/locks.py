@@ -5,10 +5,17 @@ All locks live in ``OUT/_locks/``. In a local directory a lock is an
 however it dies); the file's content names the holder (pid, host, start
 time, command line), so a refusal can say who holds it, and a lock left by a
 dead process is recognised (its file still names the holder, but nobody holds
-the flock) and taken over. Lock files are never deleted (deleting a file
-others may be waiting on races with them); releasing empties it. On an object
-store (no flock) a lock is a lease of claim objects under ``_locks/<name>/``,
-refreshed by its holder (``leases``); ``lock`` and ``held`` pick the kind.
+the flock) and taken over. Lock files are not deleted (releasing empties
+one), except one that an attempt created and then could not write (a full
+disk, ``FileLock``): that attempt removes it again and raises
+``ResultsWriteError`` naming the directory and the cause; a process that
+opened the file meanwhile sees, once it holds the flock, that the path no
+longer names the file it locked, and starts over. A flock cannot be lost
+while its process lives, however long it is paused: a local writer needs no
+fencing. On an object store (no flock) a lock is a lease of claim objects
+under ``_locks/<name>/``, refreshed by its holder, which can be lost; a
+shard's writer lease is therefore fenced (``leases``: "fencing"). ``lock``
+and ``held`` pick the kind.
 
 * ``sweep-s<I>of<K>.lock``: the writer of shard I of K (``--num_shards K
   --shard_index I``; an unsharded sweep is ``s0of1``). Held for a whole sweep
@@ -32,12 +39,10 @@ import json
 import os
 import pathlib
 import re
-import socket
-import sys
 import threading
 import time
 
-from dmfjax.errors import LockHeld
+from dmfjax.errors import LockHeld, ResultsWriteError
 from dmfjax.results import leases, storage
 from dmfjax.results.provenance import describe, identity
 from dmfjax.results.schema import LOCKS
@@ -51,7 +56,15 @@ def _holder(path: pathlib.Path) -> dict:
 
 
 class FileLock:
-  """An exclusive lock on ``OUT/_locks/<name>`` with the holder's identity."""
+  """An exclusive lock on ``OUT/_locks/<name>`` with the holder's identity.
+
+  Raises ``ResultsWriteError`` naming the directory and the cause when the
+  lock file cannot be created or written (a full disk, a read-only file
+  system, no permission); a lock file it created for that attempt is removed
+  again, so that no empty lock file is left behind. (Removing it is safe: a
+  process that opened it meanwhile finds, once it has the flock, that the
+  path no longer names the file it locked, and starts over.)
+  """
 
   def __init__(self, out, name: str, what: str):
     self.path = storage.location(out).path / LOCKS / name
@@ -59,29 +72,68 @@ class FileLock:
     self.fd: int | None = None
     self.took_over: dict | None = None  # the dead holder whose lock we took
 
+  def _unusable(self, error: OSError) -> ResultsWriteError:
+    e = ResultsWriteError(f"out: cannot take the lock {self.path.name} in {self.path.parent}: "
+                          f"{storage.cause(error)}; nothing was written")
+    e.errno = error.errno
+    return e
+
+  def _open(self) -> tuple[int, bool]:
+    """(fd, whether this call created the file)."""
+    while True:
+      try:
+        return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644), True
+      except FileExistsError:
+        pass
+      try:
+        return os.open(self.path, os.O_RDWR), False
+      except FileNotFoundError:
+        continue  # removed by a creator that failed: create it again
+
   def acquire(self, wait: bool = False) -> "FileLock":
-    self.path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-      fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-    except OSError as e:
-      os.close(fd)
-      if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-        raise
-      holder = _holder(self.path)
-      for _ in range(40):  # the holder writes its name just after taking the lock
-        if holder:
-          break
-        time.sleep(0.025)
+    while True:
+      try:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, created = self._open()
+      except OSError as e:
+        raise self._unusable(e) from None
+      try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+      except OSError as e:
+        os.close(fd)
+        if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+          raise self._unusable(e) from None
         holder = _holder(self.path)
-      raise LockHeld(f"{self.what}: {self.path.parent.parent} is being written by "
-                     f"{describe(holder)} (lock {self.path})") from None
+        for _ in range(40):  # the holder writes its name just after taking the lock
+          if holder:
+            break
+          time.sleep(0.025)
+          holder = _holder(self.path)
+        raise LockHeld(f"{self.what}: {self.path.parent.parent} is being written by "
+                       f"{describe(holder)} (lock {self.path})") from None
+      try:
+        same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+      except FileNotFoundError:
+        same = False
+      if not same:  # removed (and maybe created again) while we waited: start over
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+        continue
+      break
     # Nobody else holds the flock: a holder named in the file is gone (its
     # process died without releasing; the kernel dropped its flock).
-    self.took_over = _holder(self.path) or None
+    took_over = _holder(self.path) or None
     data = json.dumps(identity()).encode()
-    os.pwrite(fd, data, 0)  # then truncate: the file never reads empty while held
-    os.ftruncate(fd, len(data))
+    try:
+      os.pwrite(fd, data, 0)  # then truncate: the file never reads empty while held
+      os.ftruncate(fd, len(data))
+    except OSError as e:
+      if created:
+        self.path.unlink(missing_ok=True)  # while we hold the flock: see the docstring
+      fcntl.flock(fd, fcntl.LOCK_UN)
+      os.close(fd)
+      raise self._unusable(e) from None
+    self.took_over = took_over
     self.fd = fd
     return self
 
@@ -102,25 +154,28 @@ class FileLock:
     self.release()
 
 
-def lock(out, name: str, what: str):
+def lock(out, name: str, what: str, fenced: bool = False):
   """The lock ``name`` of ``out`` (not yet acquired): a FileLock, or a
-  ``leases.Lease`` on an object store; both have ``acquire(wait)``,
+  ``leases.Lease`` on an object store (``fenced``: a writer lease whose
+  commits are fenced, ``leases``); both have ``acquire(wait)``,
   ``release()`` and ``took_over``."""
   loc = storage.location(out)
   if loc.is_local:
     return FileLock(loc.path, name, what)
-  return leases.Lease(loc, name, what)
+  return leases.Lease(loc, name, what, fenced=fenced)
 
 
-def held(out, name: str) -> dict | None:
-  """The holder of lock ``name`` if a live process holds it, else None."""
+def held(out, name: str, readonly: bool = False) -> dict | None:
+  """The holder of lock ``name`` if a live process holds it, else None.
+  (``readonly``: on an object store, write nothing: ``leases.held``.)"""
   loc = storage.location(out)
   if not loc.is_local:
-      return leases.held(loc, name)
+    return leases.held(loc, name, readonly=readonly)
   path = loc.path / LOCKS / name
-  if not path.exists():
+  try:
+    fd = os.open(path, os.O_RDONLY)  # flock needs no write access; changes nothing
+  except FileNotFoundError:
     return None
-  fd = os.open(path, os.O_RDWR)
   try:
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
   except OSError:
@@ -148,7 +203,7 @@ def shard_lock(out, num_shards: int, shard_index: int, wait: bool = False):
   loc = storage.location(out)
   tag = shard_tag(num_shards, shard_index)
   what = f"out: another sweep of shard {shard_index} of {num_shards}"
-  mine = lock(loc, f"sweep-{tag}.lock", what).acquire(wait)
+  mine = lock(loc, f"sweep-{tag}.lock", what, fenced=True).acquire(wait)
   for other in loc.children(LOCKS):
     match = _SHARD_LOCK.match(other)
     if not match or int(match.group(1)) == num_shards:

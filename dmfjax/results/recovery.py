@@ -11,19 +11,34 @@ message per thing it did (each naming the file):
    removed but that are still present (a kill inside it) are swapped out.
 3. Staging directories of writers that are gone (their lock is free) are
    removed: nothing in them was committed.
-4. Trust, but verify: a committed file counts only if it has the size and
-   SHA-256 recorded at commit; an unlogged file (a version-1 part, a file
-   copied in) only if it reads whole (every page, page checksums verified)
-   and has a readable schema version. Others are moved to ``_quarantine/``
-   (with a ``.why.txt``) and dropped from the log.
-5. Consistency, when anything was quarantined, missing or unlogged: a run is
-   finished only if it has exactly one runs row and exactly its
-   ``trajectory_rows`` trajectory rows (version 1: dmf runs from step 0 to
-   their last step, no rows for nuclear-norm runs); trajectory rows of runs
-   without a runs row are dropped. The files holding rows of failing runs,
-   and the unlogged files (converted to the current version), are rewritten
-   without them (``compaction.rewrite``, one atomic swap per table), so those
-   runs are not finished and the sweep runs them again.
+4. Trust, but verify (:func:`survey`): a committed file counts only if it has
+   the size and SHA-256 recorded at commit; others, and the files of appends
+   fenced off after their writer lost its lease (``txlog``), are moved to
+   ``_quarantine/`` (with a ``.why.txt``) and dropped from the log. A file
+   in a table that the log does not list (a version-1 part, a file copied
+   in, one from another store) counts only if it reads whole (every page,
+   page checksums verified) with a readable schema version; else it is
+   quarantined.
+5. Set semantics by run id, when anything was quarantined, missing or
+   unlogged, or a run is in two committed files: a run is present once.
+   Of several copies of a runs row (or of a run's trajectory row at one
+   step) the first is kept: committed files that verify, in name order, then
+   unlogged ones; the others are removed. A run is then finished only if it
+   has its runs row and exactly its ``trajectory_rows`` trajectory rows
+   (version 1: dmf runs from step 0 to their last step, no rows for
+   nuclear-norm runs); the rows of the others are removed (a committed one
+   is run again), and so are trajectory rows of runs without a runs row.
+   Committed files losing rows are rewritten without them
+   (``compaction.rewrite``, one atomic swap per table). An unlogged file is
+   never deleted: it is moved to ``_quarantine/`` with the reason (its runs
+   already committed elsewhere, runs without their trajectory rows here...),
+   after the runs it alone holds, whole, were adopted into committed files
+   (converted to the current schema version).
+
+A copy of a committed file thus changes nothing (the copy is quarantined, the
+original keeps its runs); a file from another store is quarantined with its
+reason, not deleted; a run committed twice (two writers of one shard) is kept
+once and not run again.
 
 On an object store (``storage``) the same steps run under the compaction
 lease instead of the commit lock (``locks.recovery_lock``: appends go on
@@ -33,6 +48,9 @@ removed (``txlog.publish``; idempotent, so a writer finishing the same commit
 at the same time is harmless); a committed file counts as missing only when
 it is in neither place after its staged copy was looked for (a writer copies
 before it deletes). Quarantining is a copy and a delete.
+
+:func:`survey` decides, and changes nothing; ``verify`` reports what it
+decides (``dmfjax verify OUT``).
 """
 
 from __future__ import annotations
@@ -40,43 +58,66 @@ from __future__ import annotations
 import time
 import uuid
 
-import pandas as pd
-import pyarrow.parquet as pq
 
 from dmfjax.results import compaction, locks, reading, schema, storage, txlog
 from dmfjax.results.schema import QUARANTINE, RUNS, STAGING, TRAJECTORIES
+from dmfjax.results.survey import (TABLES, Finding, survey)
 
-TABLES = txlog.COMMIT_ORDER
 STALE_TMP_S = 600  # a temporary file this old was left by a killed writer
 
 
 def _quarantine(loc: storage.Location, key: str, table: str, reason: str,
-                messages: list) -> None:
+                messages: list, copy: bool = False) -> None:
+  """Moves (``copy``: copies) ``key`` to ``_quarantine/`` with a ``.why.txt``."""
   name = key.rsplit("/", 1)[-1]
-  dest = f"{QUARANTINE}/{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{table}-{name}"
-  loc.move(key, dest)
+  dest = (f"{QUARANTINE}/{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-"
+          f"{uuid.uuid4().hex[:6]}-{table}-{name}")
+  if copy:
+    loc.copy(key, dest)
+  else:
+    loc.move(key, dest)
   loc.put(f"{loc.uri(key)}: {reason}\n".encode(), dest + ".why.txt")
-  messages.append(f"quarantined {loc.uri(key)}: {reason}; moved to {loc.uri(dest)}")
+  messages.append(f"quarantined {loc.uri(key)}: {reason}; "
+                  f"{'copied' if copy else 'moved'} to {loc.uri(dest)}")
 
 
-def _legacy(loc: storage.Location, messages: list) -> None:
+def leftovers(loc: storage.Location, act: bool, messages: list) -> list[Finding]:
+  """Step 1 (local stores): version 1's leftovers and temporary files."""
+  found = []
+  if not loc.is_local:
+    return found
   out = loc.path
   for sub in ("", RUNS, TRAJECTORIES, txlog.LOG, schema.MANIFESTS):
     for p in (out / sub).glob(".tmp-*"):
       try:  # manifests are written without the lock: not one being written now
         if p.is_file() and (sub in (RUNS, TRAJECTORIES, txlog.LOG)
                             or time.time() - p.stat().st_mtime > STALE_TMP_S):
-          p.unlink(missing_ok=True)
+          found.append(Finding("leftover", f"{sub}/{p.name}".lstrip("/"),
+                               "a temporary file left by a killed writer", "removed"))
+          if act:
+            p.unlink(missing_ok=True)
       except FileNotFoundError:
         pass
   for table in (RUNS, TRAJECTORIES):
     for p in (out / table).glob("_corrupt-*"):
-      _quarantine(loc, f"{table}/{p.name}", table, "quarantined by an earlier dmfjax", messages)
+      found.append(Finding("leftover", f"{table}/{p.name}", "quarantined by dmfjax 1",
+                           "moved to _quarantine/"))
+      if act:
+        _quarantine(loc, f"{table}/{p.name}", table, "quarantined by an earlier dmfjax",
+                    messages)
+  return found
 
 
-def _materialize(loc: storage.Location, state: txlog.State, messages: list) -> dict:
-  """Rolls the tables forward to the log; returns the missing files."""
+def materialize(loc: storage.Location, state: txlog.State, messages: list,
+                 act: bool = True):
+  """Step 2: rolls the tables forward to the log (``act``: else only looks).
+
+  Returns (missing files, where each present committed file is: table ->
+  name -> key, the findings).
+  """
   lost = {t: [] for t in TABLES}
+  placed = {t: {} for t in TABLES}
+  found = []
   work = f"{STAGING}/swap-{uuid.uuid4().hex[:12]}"
   for table in TABLES:
     present = set(loc.names(table))
@@ -84,12 +125,23 @@ def _materialize(loc: storage.Location, state: txlog.State, messages: list) -> d
     for name in state.files[table]:
       source = state.source.get((table, name))
       if name in present:
-        continue
-      if source and loc.exists(f"{source}/{table}/{name}"):
+        placed[table][name] = f"{table}/{name}"
+      elif source and loc.exists(f"{source}/{table}/{name}"):
         pending[name] = source
-      elif not loc.exists(f"{table}/{name}"):  # not copied in meanwhile
+        placed[table][name] = f"{table}/{name}" if act else f"{source}/{table}/{name}"
+        found.append(Finding("unplaced", f"{source}/{table}/{name}",
+                             "committed, but its writer was stopped before it was placed",
+                             f"moved into {table}/"))
+      elif loc.exists(f"{table}/{name}"):  # copied in meanwhile
+        placed[table][name] = f"{table}/{name}"
+      else:
         lost[table].append(name)
     stale = sorted(state.removed[table] & present)
+    found += [Finding("replaced", f"{table}/{n}", "removed by a compaction or repair that "
+                      "was stopped before it had swapped it out", "removed (its rows are "
+                      "in the files that replaced it)") for n in stale]
+    if not act:
+      continue
     if not loc.is_local:
       for name, source in pending.items():
         txlog.publish(loc, source, {table: [{"name": name}]})
@@ -111,24 +163,34 @@ def _materialize(loc: storage.Location, state: txlog.State, messages: list) -> d
     elif pending:
       messages.append(f"completed {len(pending)} {table} file(s) committed by a writer "
                       "that was killed before renaming them into place")
-  loc.delete_tree(work)
-  return lost
+  if act:
+    loc.delete_tree(work)
+  return lost, placed, found
+
+
+def stale_staging(loc: storage.Location, own: tuple, readonly: bool = False) -> list[str]:
+  """Step 3: the staging directories of writers that are gone."""
+  # Locally rewrites swap under the commit lock (held here); on an object
+  # store recovery holds the compaction lease itself.
+  compacting = ((loc.is_local or readonly)
+                and locks.held(loc, "compact.lock", readonly) is not None)
+  gone = []
+  for name in loc.children(STAGING):
+    if name.startswith("compact-"):
+      stale = not compacting
+    elif name.startswith("swap-"):
+      stale = True
+    else:
+      shard = name.split("-w")[0]
+      stale = shard in own or locks.held(loc, f"sweep-{shard}.lock", readonly) is None
+    if stale:
+      gone.append(name)
+  return gone
 
 
 def _clean_staging(loc: storage.Location, own: tuple) -> None:
-  # Locally rewrites swap under the commit lock (held here); on an object
-  # store recovery holds the compaction lease itself.
-  compacting = loc.is_local and locks.held(loc, "compact.lock") is not None
-  for name in loc.children(STAGING):
-    if name.startswith("compact-"):
-      gone = not compacting
-    elif name.startswith("swap-"):
-      gone = True
-    else:
-      shard = name.split("-w")[0]
-      gone = shard in own or locks.held(loc, f"sweep-{shard}.lock") is None
-    if gone:
-      loc.delete_tree(f"{STAGING}/{name}")
+  for name in stale_staging(loc, own):
+    loc.delete_tree(f"{STAGING}/{name}")
 
 
 def remove_staging(out, tag: str) -> None:
@@ -151,78 +213,6 @@ def remove_staging(out, tag: str) -> None:
             pass
 
 
-def _verify(loc: storage.Location, state: txlog.State, messages: list):
-  """Quarantines bad files; returns (logged files to drop, unlogged files kept)."""
-  drop = {t: [] for t in TABLES}
-  adopted = {t: [] for t in TABLES}
-  for table in TABLES:
-    sizes = loc.sizes(table)
-    for name, meta in sorted(state.files[table].items()):
-      if name not in sizes:
-        continue
-      if sizes[name] != meta["bytes"]:
-        why = f"{sizes[name]} bytes, {meta['bytes']} recorded at commit (truncated or overwritten)"
-      elif loc.sha256(f"{table}/{name}") != meta["sha256"]:
-        why = "contents differ from the SHA-256 recorded at commit (corrupted)"
-      else:
-        continue
-      if table == RUNS:
-        why += f"; its {meta['rows']} run(s) will be run again"
-      _quarantine(loc, f"{table}/{name}", table, why, messages)
-      drop[table].append(name)
-    for path in reading.table_files(loc, table):
-      if path.name in state.files[table] or path.name in state.removed[table]:
-        continue
-      try:
-        source, filesystem = loc.arrow(f"{table}/{path.name}")
-        schema.read_file(source, table, filesystem=filesystem)
-        adopted[table].append(path.name)
-      except Exception as e:  # noqa: BLE001 - anything unreadable goes aside
-        _quarantine(loc, f"{table}/{path.name}", table, f"unreadable or foreign ({e})",
-                    messages)
-  return drop, adopted
-
-
-def _columns(loc, table, name, adopted, columns):
-  path, filesystem = loc.arrow(f"{table}/{name}")
-  if adopted:
-    data = schema.read_file(path, table, columns=columns, filesystem=filesystem)
-  else:
-    data = pq.read_table(path, columns=columns, filesystem=filesystem)
-  frame = data.to_pandas()
-  frame["file"] = name
-  return frame
-
-
-def _failing_runs(loc: storage.Location, state: txlog.State, adopted: dict):
-  """(run_ids to drop, per table the files holding them) after a loss."""
-  frames = {}
-  for table, columns in ((RUNS, ["run_id", "trajectory_rows", "method", "steps"]),
-                         (TRAJECTORIES, ["run_id", "step"])):
-    present = set(loc.names(table))
-    names = [(n, False) for n in sorted(state.files[table])] + [(n, True)
-                                                                 for n in adopted[table]]
-    parts = [_columns(loc, table, n, a, columns) for n, a in names if n in present]
-    frames[table] = (pd.concat(parts, ignore_index=True) if parts
-                     else pd.DataFrame(columns=columns + ["file"]))
-  runs, traj = frames[RUNS], frames[TRAJECTORIES]
-  per_run = traj.groupby("run_id")["step"].agg(["count", "min", "max"])
-  r = runs.join(per_run, on="run_id")
-  count = r["count"].fillna(0)
-  expected = pd.to_numeric(r["trajectory_rows"], errors="coerce")
-  dmf = r["method"] == "dmf"
-  v1_bad = expected.isna() & ((dmf & ((count == 0) | (r["min"] != 0) | (r["max"] != r["steps"])))
-                              | (~dmf & (count != 0)))
-  bad = (expected.notna() & (count != expected)) | v1_bad
-  failing = (set(r.loc[bad, "run_id"]) | set(runs.loc[runs["run_id"].duplicated(), "run_id"])
-             | set(traj.loc[traj.duplicated(["run_id", "step"]), "run_id"]))
-  orphans = set(traj["run_id"]) - set(runs["run_id"])
-  drop = failing | orphans
-  files = {RUNS: set(runs.loc[runs["run_id"].isin(drop), "file"]),
-           TRAJECTORIES: set(traj.loc[traj["run_id"].isin(drop), "file"])}
-  return failing, drop, files
-
-
 def recover(out, own: tuple = ()) -> list[str]:
   """Makes ``out`` whole (see the module docstring); returns what it did.
 
@@ -234,39 +224,49 @@ def recover(out, own: tuple = ()) -> list[str]:
     return messages
   with locks.recovery_lock(loc):
     state = txlog.load(loc, repair=True)
-    if loc.is_local:
-      _legacy(loc, messages)
-    lost = _materialize(loc, state, messages)
+    leftovers(loc, True, messages)
+    lost, placed, _ = materialize(loc, state, messages)
     _clean_staging(loc, own)
     for table, names in lost.items():
       for name in names:
         rows = state.files[table][name]["rows"]
         messages.append(f"committed file {loc.uri(table, name)} is missing (deleted?)"
                         + (f"; its {rows} run(s) will be run again" if table == RUNS else ""))
-    drop, adopted = _verify(loc, state, messages)
+    found = survey(loc, state, placed, lost)
+    forget = {t: list(lost[t]) for t in TABLES}
     for table in TABLES:
-      drop[table] += lost[table]
-    if any(drop.values()):
-      state.apply(txlog.commit(loc, "quarantine", remove=drop))
-    if not any(drop.values()) and not any(adopted.values()):
-      return messages
-    failing, rows, files = _failing_runs(loc, state, adopted)
-    inputs = {t: sorted(files[t] | set(adopted[t])) for t in TABLES}
+      for name, why in sorted(found.bad[table].items()) + sorted(found.fenced[table].items()):
+        _quarantine(loc, f"{table}/{name}", table, why, messages)
+        forget[table].append(name)
+    if any(forget.values()):
+      state.apply(txlog.commit(loc, "quarantine", remove=forget))
+    for table in TABLES:
+      for name, why in sorted({**found.foreign[table], **found.discard[table]}.items()):
+        _quarantine(loc, f"{table}/{name}", table, why, messages)
+    inputs = {t: sorted(set(found.drop[t]) | set(found.adopt[t])) for t in TABLES}
     inputs = {t: v for t, v in inputs.items() if v}
     if inputs:
+      for table in TABLES:  # never deleted: the originals of adopted files are kept
+        for name, why in sorted(found.adopt[table].items()):
+          _quarantine(loc, f"{table}/{name}", table, why, messages, copy=True)
       work = f"{STAGING}/swap-{uuid.uuid4().hex[:12]}"
-      outputs = {t: compaction.rewrite(loc, t, names, state, work, drop_run_ids=rows)
+      outputs = {t: compaction.rewrite(loc, t, names, state, work, drop_rows=found.drop[t])
                  for t, names in inputs.items()}
       compaction.commit_rewrite(loc, "repair", inputs, outputs, work)
       loc.delete_tree(work)  # on failure left for the next recovery (compaction.compact)
-    if failing:
-      messages.append(f"{len(failing)} run(s) had missing, incomplete or duplicated rows; "
-                      "their rows were removed and they will be run again")
-    if rows - failing:
-      messages.append(f"removed the trajectory rows of {len(rows - failing)} run(s) "
+    if found.failing:
+      messages.append(f"{len(found.failing)} run(s) had missing or incomplete rows; their "
+                      "rows were removed and they will be run again")
+    if found.orphans:
+      messages.append(f"removed the trajectory rows of {len(found.orphans)} run(s) "
                       "without a runs row")
-    converted = sum(map(len, adopted.values()))
-    if converted:
-      messages.append(f"adopted {converted} unlogged file(s) "
-                      f"(schema version 1 converted to {schema.SCHEMA_VERSION})")
+    if found.duplicated:
+      copies = sum(k for k, _ in found.duplicated.values())
+      messages.append(f"kept one copy of {copies} run(s) committed more than once (removed "
+                      f"from {', '.join(sorted(found.duplicated))})")
+    adopted = sum(map(len, found.adopt.values()))
+    if adopted:
+      messages.append(f"adopted the runs of {adopted} unlogged file(s) (schema version 1 "
+                      f"converted to {schema.SCHEMA_VERSION}); the originals are kept under "
+                      f"{loc.uri(QUARANTINE)}")
   return messages

@@ -13,7 +13,6 @@ import pyarrow.parquet as pq
 from dmfjax import checksums
 from dmfjax import fields
 from dmfjax.errors import ResultsError
-from dmfjax.results import txlog
 
 SCHEMA_VERSION = 2
 READABLE_VERSIONS = (1, 2)

@@ -28,8 +28,8 @@ for the weaker of the two:
 
 from __future__ import annotations
 
+import errno
 import functools
-import hashlib
 import os
 import pathlib
 import re
@@ -42,6 +42,16 @@ import pyarrow.fs as pafs
 from dmfjax import checksums
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+_CAUSES = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
+           errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
+           errno.EPERM: "operation not permitted", errno.EIO: "input/output error"}
+
+
+def cause(error: OSError) -> str:
+  """Why a write failed, in words: ``no space left on device (ENOSPC)``."""
+  words = _CAUSES.get(error.errno) or str(error.strerror or error).lower()
+  name = errno.errorcode.get(error.errno)
+  return f"{words} ({name})" if name else words
 
 
 def is_uri(out) -> bool:
@@ -105,6 +115,12 @@ class Location:
   def children(self, key: str) -> list[str]:
     """The names of everything directly under ``key`` (files and directories)."""
     return sorted(i.base_name for i in self._infos(key))
+
+  def infos(self, key: str) -> dict[str, tuple[int, int | None]]:
+    """name -> (bytes, modification time in ns or None) of the files under ``key``
+    (one listing; object stores count whole seconds)."""
+    return {i.base_name: (i.size, i.mtime_ns) for i in self._infos(key)
+            if i.type == pafs.FileType.File}
 
   def mtimes(self, key: str) -> dict[str, object]:
     """name -> modification time (the server's clock) of the files under ``key``."""

@@ -2,11 +2,12 @@
 
 ``OUT/_log/`` holds one JSON entry per commit. An entry::
 
-    {"seq": 17, "op": "append" | "compact" | "repair" | "quarantine",
+    {"seq": 17, "op": "append" | "compact" | "repair" | "quarantine" | "lease",
      "time": "...Z", "invocation": "...", "pid": 123, "host": "...",
      "from": "_staging/s0of1-w0",        # where added files wait until placed
      "add": {"runs": [FILE, ...], "trajectories": [FILE, ...]},
-     "remove": {"runs": [name, ...], "trajectories": [name, ...]}}
+     "remove": {"runs": [name, ...], "trajectories": [name, ...]},
+     "lease": {"lock", "generation", "since"}}   # object stores: see "Fencing"
 
 with ``FILE = {"name", "rows", "bytes", "sha256", "min_run_id", "max_run_id",
 "schema"}`` (``schema``: a fingerprint of the columns it was written with).
@@ -36,13 +37,27 @@ Two ways of naming entries (``storage`` says which applies):
 
 Both loaders read both namings (a local store copied to a bucket stays
 readable).
+
+Fencing (object stores only; ``leases``). A sweep that takes a shard's lease
+writes a record ``{"op": "lease", "lock": "sweep-s0of1.lock", "generation":
+G, "since": S}`` (``S``: when its claim was written, in whole seconds of the
+server's clock), and each of its appends names that generation
+(``"lease": {"lock", "generation", "since"}``). An append whose object was
+written (its modification time, the server's clock) in a later second than
+the ``since`` of a newer generation of the same lock was written by a holder
+that had lost the lease: it is *fenced*, i.e. not committed. Its files are
+listed in ``State.fenced`` (readers skip them, recovery quarantines them).
+The verdict depends only on the objects' server times, so every reader that
+lists both objects reaches the same one; a tie (the same second) keeps the
+append (the worst case is a run committed twice, which readers and recovery
+count once: ``reading``). Checkpoints carry the generations and the fenced
+names, so a stale append that arrives after a checkpoint is still fenced.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import hashlib
 import json
 import os
 import pathlib
@@ -89,20 +104,35 @@ def file_meta(path: pathlib.Path, table: pa.Table) -> dict:
 
 @dataclasses.dataclass
 class State:
-  """The committed state: per table, file name -> its log record."""
+  """The committed state: per table, file name -> its log record.
+
+  ``fenced``: per table, name -> why, the files of appends written by a
+  writer that had lost its lease (not committed; see the module docstring).
+  ``generations``: lock -> {generation: since} of the leases recorded.
+  ``retired``: the records of files removed by the entries read (so that a
+  reader that listed a file just before a compaction swapped it out can
+  still verify it). ``unreadable``: log entries that could not be read.
+  """
   seq: int = 0
   files: dict = dataclasses.field(default_factory=lambda: {t: {} for t in TABLES})
   removed: dict = dataclasses.field(default_factory=lambda: {t: set() for t in TABLES})
   source: dict = dataclasses.field(default_factory=dict)  # (table, name) -> staging dir
   exists: bool = False  # whether the store has a log at all
+  fenced: dict = dataclasses.field(default_factory=lambda: {t: {} for t in TABLES})
+  generations: dict = dataclasses.field(default_factory=dict)
+  retired: dict = dataclasses.field(default_factory=lambda: {t: {} for t in TABLES})
+  unreadable: list = dataclasses.field(default_factory=list)
 
   def apply(self, entry: dict) -> None:
     self.seq = entry.get("seq", self.seq)
     for table, names in entry.get("remove", {}).items():
       for name in names:
-        self.files[table].pop(name, None)
+        meta = self.files[table].pop(name, None)
+        if meta is not None:
+          self.retired[table][name] = meta
         self.removed[table].add(name)
         self.source.pop((table, name), None)
+        self.fenced[table].pop(name, None)
     for table, metas in entry.get("add", {}).items():
       for meta in metas:
         if meta["name"] in self.removed[table]:
@@ -112,12 +142,33 @@ class State:
           self.source[(table, meta["name"])] = entry["from"]
 
   def restore(self, snapshot: dict) -> None:
-    """Adds a checkpoint's state (``files``, ``removed``, ``source``)."""
+    """Adds a checkpoint's state (``files``, ``removed``, ``source``,
+    ``generations``, ``fenced``)."""
     self.apply({"remove": snapshot.get("removed", {}),
                 "add": {t: snapshot["files"].get(t, []) for t in TABLES}})
     for t, n, s in snapshot.get("source", []):
       if n in self.files[t]:
         self.source[(t, n)] = s
+    self.note_generations(snapshot.get("generations", {}))
+    for t, fenced in snapshot.get("fenced", {}).items():
+      self.fenced[t].update({n: why for n, why in fenced.items() if n not in self.removed[t]})
+
+  def note_generations(self, generations: dict) -> None:
+    for lock, known in generations.items():
+      self.generations.setdefault(lock, {}).update(known)
+
+  def superseded(self, lease: dict, written: int | None) -> dict | None:
+    """The newer generation that fences an append of ``lease`` written (its
+    object's server time) in second ``written``, or None when it counts."""
+    if written is None or not isinstance(lease, dict):
+      return None
+    mine = lease.get("since")
+    for generation, since in sorted(self.generations.get(lease.get("lock"), {}).items(),
+                                    key=lambda g: g[1]):
+      if (generation != lease.get("generation") and (mine is None or since > mine)
+          and since < written):
+        return dict(generation=generation, since=since)
+    return None
 
 
 def _entries(names) -> list:
@@ -158,13 +209,19 @@ def _readable(loc, name, repair):
 
 
 def _load(loc: storage.Location, repair: bool, names=None) -> State:
-  names = loc.names(LOG) if names is None else names
+  """The state from the log files ``names`` (name -> (bytes, mtime_ns); a
+  list: mtimes unknown, nothing is fenced; None: listed now)."""
+  names = loc.infos(LOG) if names is None else names
+  written = {n: (info[1] // 10**9 if info[1] is not None else None)
+             for n, info in names.items()} if isinstance(names, dict) else {}
+  names = sorted(names)
   state = State(exists=(loc.path / LOG).is_dir() if loc.is_local else bool(names))
   # Unique (object store) names: order-independent; checkpoints name what they cover.
   unique = [n for n in names if _UNIQUE.match(n)]
   with concurrent.futures.ThreadPoolExecutor(min(16, max(1, len(unique)))) as pool:
     read = list(pool.map(lambda n: _readable(loc, n, repair), unique))  # GETs in parallel
   docs = {n: doc for n, doc in zip(unique, read) if doc is not None}
+  state.unreadable += [n for n, doc in zip(unique, read) if doc is None]
   covered = {n for doc in docs.values() for n in doc.get("covers", ())}
   # Sequence numbers (local): the last checkpoint, then the later entries in order.
   entries = [e for e in _entries(names) if e[2] not in covered]
@@ -173,7 +230,9 @@ def _load(loc: storage.Location, repair: bool, names=None) -> State:
   if checkpoints:
     seq, _, name = checkpoints[-1]
     snapshot = _readable(loc, name, repair)
-    if snapshot is not None:
+    if snapshot is None:
+      state.unreadable.append(name)
+    else:
       try:
         state.restore(snapshot)
         state.seq = start = seq
@@ -189,17 +248,33 @@ def _load(loc: storage.Location, repair: bool, names=None) -> State:
       if repair:
         _quarantine_entry(loc, name, f"names seq {entry.get('seq')}")
       entry = None
-    if entry is not None:
+    if entry is None:
+      state.unreadable.append(name)
+    else:
       state.apply(entry)
   state.seq = max([state.seq] + [e[0] for e in _entries(names)])
-  # Then the unique ones: every removal first (it is final), then every addition.
+  # Then the unique ones: the lease generations, every removal (it is final),
+  # then every addition but those of fenced appends.
   live = [(n, d) for n, d in sorted(docs.items()) if n not in covered]
+  for _, doc in live:
+    state.note_generations(doc.get("generations", {}))
+    if doc.get("op") == "lease":
+      state.note_generations({doc.get("lock"): {doc.get("generation"): doc.get("since")}})
   for _, doc in live:
     removed = doc.get("removed") if "files" in doc else doc.get("remove")
     state.apply({"remove": removed or {}})
-  for _, doc in live:
+  for name, doc in live:
+    newer = None if "files" in doc else state.superseded(doc.get("lease"), written.get(name))
     if "files" in doc:
       state.restore(doc)
+    elif newer is not None:
+      why = (f"written by a writer that had lost its writer lease (log entry {name}, "
+             f"written after generation {newer['generation']} took the lease over); "
+             "never committed")
+      for table, metas in doc.get("add", {}).items():
+        for meta in metas:
+          if meta["name"] not in state.removed[table]:
+            state.fenced[table][meta["name"]] = why
     else:
       state.apply({"add": doc.get("add", {}), "from": doc.get("from")})
   return state
@@ -292,7 +367,9 @@ def _snapshot(loc: storage.Location, state: State) -> dict:
   state.source = {(t, n): s for t, n, s in source}
   return dict(time=provenance.iso(provenance.utc_now()),
               files={t: sorted(state.files[t].values(), key=lambda m: m["name"])
-                     for t in TABLES}, removed=removed, source=source)
+                     for t in TABLES}, removed=removed, source=source,
+              generations=state.generations,
+              fenced={t: dict(sorted(state.fenced[t].items())) for t in TABLES})
 
 
 def checkpoint(out, state: State) -> None:
@@ -306,18 +383,20 @@ def checkpoint(out, state: State) -> None:
   loc = storage.location(out)
   if not loc.is_local:
     for attempt in range(10):
-      names = [n for n in loc.names(LOG) if _UNIQUE.match(n) or _entries([n])]
+      names = {n: info for n, info in loc.infos(LOG).items()
+               if _UNIQUE.match(n) or _entries([n])}
       try:
         fresh = _load(loc, False, names)
         break
       except FileNotFoundError:
         if attempt == 9:
           raise
-    snapshot = dict(_snapshot(loc, fresh), covers=names)
+    snapshot = dict(_snapshot(loc, fresh), covers=sorted(names))
     _put_json(loc, _unique_name("checkpoint.json"), snapshot)
     for name in names:
       loc.delete(f"{LOG}/{name}")
     state.files, state.removed, state.source = fresh.files, fresh.removed, fresh.source
+    state.fenced, state.generations = fresh.fenced, fresh.generations
     return
   snapshot = dict(seq=state.seq, **_snapshot(loc, state))
   name = f"{state.seq:012d}.checkpoint.json"

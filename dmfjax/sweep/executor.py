@@ -33,7 +33,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from dmfjax import fields, results
 from dmfjax.core import datafiles, nuclear_norm, numerics, sparse, train
-from dmfjax.errors import Interrupted
+from dmfjax.errors import DataFileError, Interrupted, WorkerError
 from dmfjax.results import provenance
 from dmfjax.sweep import batching, rows
 from dmfjax.sweep import workers as workers_lib
@@ -42,7 +42,13 @@ from dmfjax.sweep.progress import ForwardedProgress, Progress
 
 
 def _shared_problem(run: dict):
-  """The one problem of a batch with a data file (None for synthetic problems)."""
+  """The one problem of a batch with a data file (None for synthetic problems).
+
+  It is built from the bytes whose SHA-256 is the batch's ``data_sha256``
+  (``datafiles.problem``; a batch's runs share their data file and hash):
+  if the file changed since the sweep was planned, DataFileError naming the
+  field and the file, before anything of the batch runs.
+  """
   return datafiles.problem(run, numerics.resolve_dtype(run["dtype"]))
 
 
@@ -171,6 +177,9 @@ class Executor:
 # Worker processes (``dmfjax.workers``): one Executor per process.
 
 
+_INPUT_ERROR = "input_error"  # a worker's event: a DataFileError's message
+
+
 def _worker(index: int, next_task, emit, plan: Plan, out: str, tag: str, repack: bool,
             stamp: dict, invocation_id: str):
   """A worker process: runs the batches it is handed, commits their runs.
@@ -193,24 +202,42 @@ def _worker(index: int, next_task, emit, plan: Plan, out: str, tag: str, repack:
     k = next_task()
     if k is None:
       return
-    executor.run_batch(*batches[k])
+    try:
+      executor.run_batch(*batches[k])
+    except DataFileError as e:  # bad input, not a crash: the sweep process raises it
+      emit(_INPUT_ERROR, str(e))
+      return
 
 
 def execute_in_workers(executor: Executor, out, tag: str, order=None):
   """Runs the plan's batches on ``plan.workers`` worker processes.
 
   ``order``: as in :meth:`Executor.execute`. They commit with the executor's
-  writer's provenance and invocation id.
+  writer's provenance and invocation id. A worker that finds a data file
+  changed since planning (DataFileError) reports it; the others stop after
+  their current chunk (what finished is written) and it is raised here.
   """
   p, progress = executor.plan, executor.progress
+  input_errors: list[str] = []
 
   def on_event(kind, index, payload):
-    progress.apply(kind, payload)
+    if kind == _INPUT_ERROR:
+      input_errors.append(payload)  # the other workers stop after their chunk
+    else:
+      progress.apply(kind, payload)
 
   num_batches = len(p.batches())
-  workers_lib.run(min(p.workers, num_batches), num_batches if order is None else order, _worker,
-                  (p, str(out), tag, executor.repack, executor.writer.stamp,
-                   executor.writer.invocation_id), on_event,
-                  stop_requested=lambda: executor.stop_requested,
-                  env=workers_lib.single_thread_environment())
+  try:
+    workers_lib.run(min(p.workers, num_batches), num_batches if order is None else order,
+                    _worker, (p, str(out), tag, executor.repack, executor.writer.stamp,
+                              executor.writer.invocation_id), on_event,
+                    stop_requested=lambda: executor.stop_requested or bool(input_errors),
+                    env=workers_lib.single_thread_environment())
+  except WorkerError as e:
+    if not input_errors:
+      raise
+    # A worker stopped for it (e.g. interrupted while starting): the cause is the input.
+    raise DataFileError(input_errors[0]) from e
+  if input_errors:
+    raise DataFileError(input_errors[0])
   executor.check_interrupt()

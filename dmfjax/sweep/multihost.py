@@ -52,12 +52,20 @@ _sweeps = itertools.count()  # one key prefix per sweep of this job
 
 def initialize(coordinator_address: Optional[str] = None,
                num_processes: Optional[int] = None,
-               process_id: Optional[int] = None) -> None:
+               process_id: Optional[int] = None,
+               heartbeat_timeout: int = 30) -> None:
   """Joins the job: ``jax.distributed.initialize`` (arguments auto-detected
-  on SLURM, TPU pods and Open MPI when None). Idempotent."""
+  on SLURM, TPU pods and Open MPI when None). Idempotent.
+
+  ``heartbeat_timeout``: seconds after which a silent process counts as dead
+  and the job's runtime stops the others (the time a survivor waits for a
+  process that died). JAX's default, 100 s, is long for a sweep whose
+  batches are independent; too short a value stops a job on a network hiccup.
+  """
   if _client() is None:
     jax.distributed.initialize(coordinator_address=coordinator_address,
-                               num_processes=num_processes, process_id=process_id)
+                               num_processes=num_processes, process_id=process_id,
+                               heartbeat_timeout_seconds=heartbeat_timeout)
 
 
 def _client():

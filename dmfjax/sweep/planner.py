@@ -16,7 +16,9 @@ text.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import operator
 import os
 from typing import Optional
 
@@ -26,7 +28,11 @@ from dmfjax import results
 from dmfjax import spec as spec_lib
 from dmfjax.core import datafiles, models, optimizers, train
 from dmfjax.errors import FlagError, ResourceError
+from dmfjax.fields import STATIC_FIELDS
 from dmfjax.sweep.batching import padded
+
+
+_N_OBS, _MAX_STEPS = operator.itemgetter("n_obs"), operator.itemgetter("max_steps")
 
 
 @dataclasses.dataclass
@@ -50,23 +56,31 @@ class Group:
   def method(self) -> str:
     return self.config.method
 
-  @property
+  @functools.cached_property
   def label(self) -> str:
+    """What the progress line and ``--dry_run`` call the group (computed once:
+    a group's runs are fixed when it is planned)."""
     c = self.config
-    n_obs = sorted({r["n_obs"] for r in self.runs}) if c.n_obs is None else [c.n_obs]
+    n_obs = sorted(set(map(_N_OBS, self.runs))) if c.n_obs is None else [c.n_obs]
     parts = [c.method, c.problem, f"{c.n_rows}x{c.n_cols}",
              "n_obs=" + ",".join(str(k) for k in n_obs)]
     if c.method == "dmf":
       parts += [f"depth={c.depth}", c.init, c.optimizer]
     return " ".join(str(p) for p in parts)
 
-  @property
+  @functools.cached_property
   def max_run_steps(self) -> int:
-    return sum(r["max_steps"] or 0 for r in self.runs)
+    """The step budgets of its runs, summed (computed once)."""
+    return sum(filter(None, map(_MAX_STEPS, self.runs)))  # None: a nuclear-norm run
 
   def batches(self) -> list[list[dict]]:
     return [self.runs[start:start + self.batch_size]
             for start in range(0, len(self.runs), self.batch_size)]
+
+  def batch_sizes(self) -> set[int]:
+    """The distinct sizes of :meth:`batches` (without building them)."""
+    full, rest = divmod(len(self.runs), self.batch_size)
+    return ({self.batch_size} if full else set()) | ({rest} if rest else set())
 
   def program_count(self, num_devices: int, repack: bool = True) -> int:
     """Compiled programs this group needs at most.
@@ -77,7 +91,7 @@ class Group:
     two times the device count). A nuclear-norm group compiles one solver
     per batch size.
     """
-    sizes = {padded(len(b), num_devices) for b in self.batches()}
+    sizes = {padded(size, num_devices) for size in self.batch_sizes()}
     if self.method != "dmf":
       return len(sizes)
     chunk_sizes = set(sizes)
@@ -129,6 +143,38 @@ def group_key(run: dict) -> tuple:
   if datafiles.path_of(run) is not None:
     return (config, run["problem_seed"])
   return (config,)
+
+
+_STATIC_VALUES = operator.itemgetter(*STATIC_FIELDS)
+_RUN_ID = operator.itemgetter("run_id")
+
+
+def group_runs(runs: list) -> dict[tuple, list]:
+  """Group key -> its runs sorted by run_id, the groups in plan order:
+  factorization groups first, then the (float64) nuclear-norm baseline, each
+  by the key's repr.
+
+  Runs are first sorted into their distinct static configurations (a tuple
+  of values each); one ``RunConfig`` is built per configuration, not per run.
+  """
+  by_values: dict[tuple, list] = {}
+  for r in runs:
+    # A key at least as fine as group_key: equal values, equal group keys.
+    values = _STATIC_VALUES(r)
+    if datafiles.path_of(r) is not None:
+      values += (r["problem_seed"],)
+    members = by_values.get(values)
+    if members is None:
+      by_values[values] = [r]
+    else:
+      members.append(r)
+  groups: dict[tuple, list] = {}
+  for members in by_values.values():
+    groups.setdefault(group_key(members[0]), []).extend(members)
+  for members in groups.values():
+    members.sort(key=_RUN_ID)
+  order = sorted(groups, key=lambda k: (k[0].method != "dmf", repr(k), groups[k][0]["run_id"]))
+  return {k: groups[k] for k in order}
 
 
 # On a CPU a batch's working set is kept to a few MB, so that the batches of
@@ -214,25 +260,21 @@ def plan(spec: spec_lib.Spec, out, num_shards: int = 1, shard_index: int = 0,
   _check_int("num_shards", num_shards, 1)
   _check_int("shard_index", shard_index, 0, num_shards)
   runs = spec_lib.expand(spec)
-  runs = [r for r in runs if shard_of(r["run_id"], num_shards) == shard_index]
+  if num_shards > 1:
+    runs = [r for r in runs if shard_of(r["run_id"], num_shards) == shard_index]
   problems: list[str] = []
   if run_ids is not None:
     finished = {r["run_id"] for r in runs} - set(run_ids)
   else:
     finished = results.finished_run_ids(out, problems) if out is not None else set()
-  todo = [r for r in runs if r["run_id"] not in finished]
+  todo = [r for r in runs if r["run_id"] not in finished] if finished else list(runs)
   if num_devices is None:
     num_devices = len(jax.local_devices())
   if memory_budget is None:
     memory_budget = default_memory_budget()
-  groups: dict[tuple, Group] = {}
-  # Factorization groups first, then the (float64) nuclear-norm baseline.
-  for r in sorted(todo, key=lambda r: (r["method"] != "dmf", repr(group_key(r)),
-                                       r["run_id"])):
-    key = group_key(r)
-    if key not in groups:
-      groups[key] = Group(config=key[0], key=key, runs=[], per_run_bytes=bytes_per_run(r))
-    groups[key].runs.append(r)
+  groups = {key: Group(config=key[0], key=key, runs=members,
+                       per_run_bytes=bytes_per_run(members[0]))
+            for key, members in group_runs(todo).items()}
   per_batch_budget = memory_budget // workers
   cpu = (platform or jax.default_backend()) == "cpu"
   for g in groups.values():

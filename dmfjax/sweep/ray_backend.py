@@ -268,7 +268,7 @@ def _execute(ray, executor) -> None:
   todo = [(group_refs[i], g, k) for i, g in enumerate(p.groups)
           for k in range(len(g.batches()))][::-1]  # popped from the end: plan order
   running: dict = {}  # ObjectRef -> Group
-  failures: list[str] = []
+  failures: list[dict] = []
   capacity, checked, stopping = 0, float("-inf"), False
   try:
     while todo or running:
@@ -290,7 +290,12 @@ def _execute(ray, executor) -> None:
         try:
           result = ray.get(ref)
         except ray.exceptions.RayError as e:
-          failures.append(f"a Ray task of [{g.label}] failed:\n{e}")
+          cause = getattr(e, "cause", None)  # the task's own exception, if it raised
+          failures.append(dict(
+              message=f"a Ray task of [{g.label}] failed: " + (
+                  f"{type(cause).__name__}: {cause}" if cause is not None
+                  else str(e).splitlines()[0]),
+              storage=isinstance(cause, OSError), traceback=str(e)))
           continue
         commit(executor, result)
   except BaseException:  # a second Ctrl-C, or a commit that failed: stop at once
@@ -301,7 +306,10 @@ def _execute(ray, executor) -> None:
         pass
     raise
   if failures:
-    raise workers_lib.WorkerError("\n".join(failures))
+    raise workers_lib.WorkerError("\n".join(f["message"] for f in failures),
+                                  causes=[f["message"] for f in failures],
+                                  tracebacks=[f["traceback"] for f in failures],
+                                  storage=all(f["storage"] for f in failures))
   executor.check_interrupt()
 
 

@@ -32,7 +32,8 @@ import jax
 
 from dmfjax import results
 from dmfjax import spec as spec_lib
-from dmfjax.errors import FlagError, Interrupted
+from dmfjax.errors import (FlagError, Interrupted, LockHeld, ResultsError, StorageFailed,
+                           WorkerError)
 from dmfjax.results import compaction, locks, provenance, recovery
 from dmfjax.sweep import multihost, planner, rows
 from dmfjax.sweep.executor import Executor, execute_in_workers
@@ -59,9 +60,12 @@ def run_sweep(spec: spec_lib.Spec, out, num_shards: int = 1, shard_index: int = 
 
   Raises ``SpecError`` on bad input (before anything is written),
   ``locks.LockHeld`` if another live sweep writes the same shard of ``out``
-  (unless ``wait``: then it waits for it), and ``Interrupted`` if SIGINT
-  arrived (what finished is written). ``compact``: compact the store at the
-  end of a sweep that finished. ``out``: a directory or a URI (``s3://...``).
+  (unless ``wait``: then it waits for it), ``Interrupted`` if SIGINT
+  arrived (what finished is written), ``StorageFailed`` if the store stopped
+  taking writes (every earlier commit is whole; the message names the
+  cause, including a writer lease lost), and ``WorkerError`` if a worker
+  process or Ray task failed. ``compact``: compact the store at the end of a
+  sweep that finished. ``out``: a directory or a URI (``s3://...``).
   ``ray_address``: run the batches as Ray tasks on that cluster
   (``ray_backend.connect``: "" for ``RAY_ADDRESS``, "local" for a local one).
   ``distributed``: this process is one of a multi-process job
@@ -114,7 +118,15 @@ def run_sweep(spec: spec_lib.Spec, out, num_shards: int = 1, shard_index: int = 
     manifest.update(workers=p.workers, runs=len(p.runs), to_run=len(p.todo))
     writer.write_manifest(manifest)
     print(planner.describe(p, spec), file=stream)
-    _execute(p, writer, out, stream, repack, ray=ray_address is not None, order=order)
+    try:
+      _execute(p, writer, out, stream, repack, ray=ray_address is not None, order=order)
+    except (OSError, ResultsError, LockHeld) as e:
+      # The store: a full disk, a lost mount or endpoint, a writer lease lost.
+      raise StorageFailed(f"{type(e).__name__}: {e}") from e
+    except WorkerError as e:
+      if e.storage:  # every worker failed on the store: the same, one line
+        raise StorageFailed("; ".join(e.causes)) from e
+      raise
     manifest.update(status="done", stats=p.stats)
     if coordinator is not None:
       coordinator.barrier("executed")
@@ -123,17 +135,42 @@ def run_sweep(spec: spec_lib.Spec, out, num_shards: int = 1, shard_index: int = 
   except BaseException as e:
     manifest["status"] = {Interrupted: "interrupted", KeyboardInterrupt: "interrupted"}.get(
         type(e), f"failed: {type(e).__name__}")
+    manifest["error"] = str(e)
+    worker_error = e.__cause__ if isinstance(e.__cause__, WorkerError) else e
+    if isinstance(worker_error, WorkerError):
+      manifest["tracebacks"] = worker_error.tracebacks
     raise
   finally:
-    if manifest["status"] != "running" or "to_run" in manifest:
-      manifest["finished_at"] = provenance.iso(provenance.utc_now())
-      writer.write_manifest(manifest)
-    recovery.remove_staging(out, writer.tag)
-    lock.release()
+    _close(manifest, writer, out, lock, stream, failing=sys.exc_info()[1] is not None)
     if ray_address is not None:
       from dmfjax.sweep import ray_backend
       ray_backend.disconnect()
   return p
+
+
+def _close(manifest: dict, writer: results.Writer, out, lock, stream, failing: bool) -> None:
+  """The end of an invocation, however it ends: the manifest says how, this
+  writer's staging files go, the lock is released. When the store itself
+  failed, these may fail too: each is tried, noted, and the first error is
+  the one raised."""
+  def write_manifest():
+    if manifest["status"] != "running" or "to_run" in manifest:
+      manifest["finished_at"] = provenance.iso(provenance.utc_now())
+      writer.write_manifest(manifest)
+
+  first = None
+  for what, step in (("write the manifest", write_manifest),
+                     ("remove staging files", lambda: recovery.remove_staging(out, writer.tag)),
+                     ("release the writer lock", lock.release)):
+    try:
+      step()
+    except OSError as e:
+      if failing or first is not None:
+        print(f"[dmfjax] could not {what}: {str(e).splitlines()[0]}", file=stream)
+      else:
+        first = e
+  if first is not None:
+    raise StorageFailed(f"{type(first).__name__}: {first}") from first
 
 
 def _compact(out, writer: results.Writer, stream) -> Optional[dict]:

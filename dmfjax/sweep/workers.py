@@ -42,12 +42,13 @@ import signal
 import traceback
 from typing import Any, Callable, Iterator, Optional
 
-from dmfjax.errors import WorkerError
+from dmfjax.errors import LockHeld, ResultsError, WorkerError
 
 SINGLE_THREAD_XLA_FLAG = "--xla_cpu_multi_thread_eigen=false"
 
 
-def _die_with_parent(parent_pid: int) -> None:
+def die_with_parent(parent_pid: int) -> None:
+  """This process gets SIGKILL when ``parent_pid`` (its parent) dies."""
   try:
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
@@ -66,7 +67,7 @@ def pin_to_core(index: int) -> None:
 def _child(index: int, parent_pid: int, target: Callable, args: tuple, tasks, events,
            stop, pin: bool):
   os.setpgrp()
-  _die_with_parent(parent_pid)
+  die_with_parent(parent_pid)
   if pin:
     pin_to_core(index)
   signal.signal(signal.SIGINT, signal.SIG_IGN)  # until the target installs its own
@@ -79,8 +80,10 @@ def _child(index: int, parent_pid: int, target: Callable, args: tuple, tasks, ev
 
   try:
     target(index, next_task, emit, *args)
-  except BaseException:  # noqa: BLE001 -- reported to the parent, then exit 1
-    emit("error", traceback.format_exc())
+  except BaseException as e:  # noqa: BLE001 -- reported to the parent, then exit 1
+    emit("error", dict(cause=f"{type(e).__name__}: {e}",
+                       storage=isinstance(e, (OSError, ResultsError, LockHeld)),
+                       traceback=traceback.format_exc()))
     raise SystemExit(1)
   emit("exit")
 
@@ -151,7 +154,7 @@ def run(num_workers: int, tasks: int | Iterator[int], target: Callable, args: tu
       p.start()
   exited: set[int] = set()
   silent: set[int] = set()  # exited with an error code and, so far, no message
-  failures: list[str] = []
+  failures: list[dict] = []  # cause, storage, traceback (None for a silent death)
   completed = False
   try:
     while len(exited) < num_workers:
@@ -163,7 +166,7 @@ def run(num_workers: int, tasks: int | Iterator[int], target: Callable, args: tu
         exited.add(index)
       elif kind == "error":
         exited.add(index)
-        failures.append(f"worker {index} failed:\n{payload}")
+        failures.append(dict(payload, worker=index))
       elif kind is not None:
         on_event(kind, index, payload)
       if not stop.is_set():
@@ -183,8 +186,9 @@ def run(num_workers: int, tasks: int | Iterator[int], target: Callable, args: tu
             exited.add(i)
           elif i in silent:
             exited.add(i)
-            failures.append(f"worker {i} died with exit code {p.exitcode} "
-                            "(its unfinished runs were not written)")
+            failures.append(dict(worker=i, storage=False, traceback=None,
+                                 cause=f"died with exit code {p.exitcode} (its unfinished "
+                                       "runs were not written)"))
           else:
             silent.add(i)
     completed = True
@@ -195,4 +199,8 @@ def run(num_workers: int, tasks: int | Iterator[int], target: Callable, args: tu
         p.kill()
         p.join()
   if failures:
-    raise WorkerError("\n".join(failures))
+    raise WorkerError("\n".join(f"worker {f['worker']} failed: {f['cause']}"
+                                for f in failures),
+                      causes=[f["cause"] for f in failures],
+                      tracebacks=[f["traceback"] for f in failures if f["traceback"]],
+                      storage=all(f["storage"] for f in failures))

@@ -1,5 +1,8 @@
 """Problems from data files (dmfjax.datafiles): validated, sized, hashed, built."""
 
+import io
+import os
+
 import jax
 import numpy as np
 import pytest
@@ -7,7 +10,8 @@ import pytest
 from dmfjax import checksums
 from dmfjax import spec as spec_lib
 from dmfjax.core import datafiles, problems, train
-from dmfjax.spec import Spec, SpecError
+from dmfjax.errors import DataFileError
+from dmfjax.spec import Spec
 
 
 def _razin(path, w00=None):
@@ -83,13 +87,105 @@ def test_bad_files_name_the_field_and_file(tmp_path, arrays, message):
   path = tmp_path / "bad.npz"
   np.savez(path, **arrays)
   problem = "sensing" if "a" in arrays else "completion"
-  with pytest.raises(SpecError, match=rf"^problem_file: .*bad\.npz.*{message}"):
+  with pytest.raises(DataFileError, match=rf"^problem_file: .*bad\.npz.*{message}"):
     spec_lib.expand(Spec(problem=problem, problem_file=str(path), seeds=1))
 
 
 def test_a_completion_file_is_not_a_sensing_problem(tmp_path):
   path = _razin(tmp_path / "r.npz")
-  with pytest.raises(SpecError, match="^problem_file: .*completion problems"):
+  with pytest.raises(DataFileError, match="^problem_file: .*completion problems"):
     spec_lib.expand(Spec(problem="sensing", problem_file=str(path), seeds=1))
-  with pytest.raises(SpecError, match="^problem_file: .*does not exist"):
+  with pytest.raises(DataFileError, match="^problem_file: .*does not exist"):
     spec_lib.expand(Spec(problem_file=str(tmp_path / "none.npz"), seeds=1))
+
+
+def _npz_bytes(**arrays):
+  buffer = io.BytesIO()
+  np.savez(buffer, **arrays)
+  return buffer.getvalue()
+
+
+def _npy_bytes(array, allow_pickle=False):
+  buffer = io.BytesIO()
+  np.save(buffer, array, allow_pickle=allow_pickle)
+  return buffer.getvalue()
+
+
+GOOD_NPZ = _npz_bytes(mask=np.eye(3), observed=np.ones((3, 3)))
+
+CORRUPT = {
+    "garbage.npz": (b"\x00\x01not a zip file at all", "is neither a .npy nor a .npz file"),
+    "truncated.npz": (GOOD_NPZ[:len(GOOD_NPZ) // 2],
+                      "is not a readable .npz file: truncated or corrupt .*BadZipFile"),
+    "crc.npz": (GOOD_NPZ[:100] + bytes([GOOD_NPZ[100] ^ 0xFF]) + GOOD_NPZ[101:],
+                "is not a readable .npz file: truncated or corrupt"),
+    "empty.npy": (b"", r"is empty \(0 bytes\)"),
+    "truncated.npy": (_npy_bytes(np.eye(30))[:200], "is not a readable .npy file"),
+    "objects.npy": (_npy_bytes(np.array([{"a": 1}, None], dtype=object), allow_pickle=True),
+                    r"holds Python objects \(pickled data\)"),
+    "objects.npz": (_npz_bytes(w_star=np.array([[1, None]], dtype=object)),
+                    r"holds Python objects \(pickled data\)"),
+    "text.npy": (b"1 2\n3 4\n", "is neither a .npy nor a .npz file"),
+    "cube.npy": (_npy_bytes(np.ones((2, 2, 2))), r"'w_star' must be a non-empty 2-D array, "
+                 r"got shape \(2, 2, 2\)"),
+    "vector.npz": (_npz_bytes(mask=np.ones(3), observed=np.ones(3)),
+                   r"'mask' must be a non-empty 2-D array, got shape \(3,\)"),
+    "nan.npy": (_npy_bytes(np.array([[1.0, np.nan]])), "'w_star' must hold finite numbers"),
+    "inf.npz": (_npz_bytes(mask=np.eye(2), observed=np.array([[np.inf, 0], [0, 1.0]])),
+                "'observed' must hold finite numbers"),
+    "complex.npy": (_npy_bytes(np.eye(2) * (1 + 2j)), "'w_star' must hold real numbers"),
+    "strings.npy": (_npy_bytes(np.array([["a", "b"]])), "'w_star' must hold real numbers"),
+    "huge.npy": (_npy_bytes(np.eye(2) * 1e39), r"'w_star' must hold numbers that fit in float32"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CORRUPT))
+def test_corrupt_files_name_the_field_the_file_and_the_fault(tmp_path, name):
+  content, message = CORRUPT[name]
+  path = tmp_path / name
+  path.write_bytes(content)
+  with pytest.raises(DataFileError, match=rf"^problem_file: {path}: {message}"):
+    spec_lib.expand(Spec(problem_file=str(path), seeds=1))
+
+
+def test_a_file_edited_after_expansion_is_refused_not_trained(tmp_path):
+  """The hash recorded with a run is that of the bytes its problem is built from."""
+  path = _razin(tmp_path / "p.npz")
+  original = path.read_bytes()
+  run = spec_lib.expand(Spec(problem_file=str(path), seeds=1))[0]
+  assert run["data_sha256"] == checksums.sha256_bytes(original)
+  np.savez(path, mask=np.array([[0, 1], [1, 1]]), observed=np.array([[0.0, -3.0], [1.0, 0.0]]))
+  with pytest.raises(DataFileError, match=rf"^problem_file: {path}: the file changed during "
+                                          r"the sweep .*Run the same command again"):
+    datafiles.problem(run, np.float32)
+  path.write_bytes(original)
+  np.testing.assert_array_equal(datafiles.problem(run, np.float32).target, [[0, 1], [1, 0]])
+
+
+def test_the_hash_and_the_arrays_come_from_the_same_bytes(tmp_path):
+  """An edit in place that keeps the size and the mtime (a coarse clock, a
+  restored timestamp): the hash and the problem still agree."""
+  path = _razin(tmp_path / "p.npz")
+  before = path.read_bytes()
+  spec_lib.expand(Spec(problem_file=str(path), seeds=1))  # read (and cached) once
+  stat = path.stat()
+  np.savez(path, mask=np.array([[0, 1], [1, 1]]), observed=np.array([[7.0, -3.0], [1.0, 0.0]]))
+  after = path.read_bytes()
+  assert len(after) == len(before) and after != before
+  os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+  run = spec_lib.expand(Spec(problem_file=str(path), seeds=1))[0]
+  target = np.asarray(datafiles.problem(run, np.float32).target)
+  trained = {checksums.sha256_bytes(before): [[0, 1], [1, 0]],
+             checksums.sha256_bytes(after): [[0, -3], [1, 0]]}
+  assert run["data_sha256"] in trained
+  np.testing.assert_array_equal(target, trained[run["data_sha256"]])
+
+
+def test_a_ratings_file_edited_after_expansion_is_refused(tmp_path, small_ratings_path):
+  path = tmp_path / "u.data"
+  path.write_bytes(small_ratings_path.read_bytes())
+  run = spec_lib.expand(Spec(problem="ratings", data=str(path), seeds=1))[0]
+  assert run["data_sha256"] == checksums.sha256_file(path)
+  path.write_text(path.read_text().replace("\t5\t", "\t4\t", 1))
+  with pytest.raises(DataFileError, match=rf"^data: {path}: the file changed during the sweep"):
+    datafiles.problem(run, np.float32)

@@ -91,6 +91,8 @@ GOOD = "1\t1\t5\t881250949\n2\t3\t3\t891717742\n"
     (GOOD + "3\t0\t4\t881250949\n", r"ids are 1-based, got user 3, item 0"),
     (GOOD + "2\t3\t1\t881250950\n", r"the same \(user, item\) is rated twice"),
     (GOOD + "4\t2\tnan\t881250949\n", r":3: rating is not finite"),
+    (GOOD + "4\t2\t1e39\t881250949\n", r":3: rating 1e39 does not fit in float32"),
+    (GOOD + "4\t2\t-4e38\t881250949\n", r":3: rating -4e38 does not fit in float32"),
     ("\n\n", r"holds no ratings"),
 ])
 def test_malformed_files(tmp_path, text, pattern):
@@ -125,3 +127,25 @@ def test_duplicate_detected_with_explicit_sizes(tmp_path):
 
 def test_rating_error_is_a_value_error():
   assert issubclass(RatingsFileError, ValueError)
+
+
+def test_ratings_keep_their_line_numbers(tmp_path):
+  r = ratings.load(_write(tmp_path, "\n" + GOOD + "\n3\t2\t4\t881250950\n"))
+  np.testing.assert_array_equal(r.lines, [2, 3, 5])
+  np.testing.assert_array_equal(r.values, [5, 3, 4])
+
+
+@pytest.mark.parametrize("rating, line", [("0", 2), ("7", 2), ("5.5", 2), ("1e39", None)])
+def test_ratings_outside_the_scale_name_the_file_line_and_value(tmp_path, rating, line):
+  path = _write(tmp_path, f"1\t1\t5\t881250949\n2\t3\t{rating}\t891717742\n"
+                          "3\t3\t0\t891717743\n")
+  if line is None:  # 1e39 overflows float32: refused on reading, whatever the scale
+    with pytest.raises(RatingsFileError, match=r"u\.data:2: rating 1e39 does not fit"):
+      ratings.load(path)
+    return
+  r = ratings.load(path)
+  with pytest.raises(RatingsFileError, match=rf"^data: .*u\.data:{line}: rating {rating} is "
+                                            r"outside the rating scale \[1, 5\] \(rating_min, "
+                                            r"rating_max; 2 rating\(s\) outside\)"):
+    ratings.check_scale(r, 1, 5, str(path))
+  ratings.check_scale(r, 0, 7, str(path))  # within [0, 7]

@@ -396,14 +396,18 @@ def test_version_1_stores_are_read_and_converted(tmp_path):
   assert recovery.recover(tmp_path) == []
 
 
-def test_duplicated_version_1_runs_are_rerun_not_kept_twice(tmp_path):
+def test_duplicated_version_1_runs_are_kept_once_and_the_copy_quarantined(tmp_path):
   _write_v1_store(tmp_path)
   for sub in ("runs", "trajectories"):  # two sweeps of dmfjax 1 wrote the same part
     (tmp_path / sub / "part-s0of1-copy.parquet").write_bytes(
         (tmp_path / sub / "part-s0of1-0.parquet").read_bytes())
   messages = recovery.recover(tmp_path)
-  assert any("10 run(s)" in m for m in messages)
-  assert len(ids(tmp_path)) == 10 and glob_count(tmp_path) == 10
+  assert any("part-s0of1-copy.parquet" in m and "10 run(s) already in other files" in m
+             for m in messages), messages
+  assert len(ids(tmp_path)) == 20 and glob_count(tmp_path) == 20
+  assert glob_count(tmp_path, "trajectories") == 60
+  assert len(list((tmp_path / "_quarantine").glob("*-part-s0of1-copy.parquet"))) == 2
+  assert recovery.recover(tmp_path) == []
 
 
 # -- ratings -------------------------------------------------------------------

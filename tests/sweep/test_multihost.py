@@ -4,6 +4,7 @@ write one dataset equal to a single-process sweep of the same spec."""
 from __future__ import annotations
 
 import json
+import time
 import socket
 import subprocess
 import uuid
@@ -122,3 +123,44 @@ def test_a_job_into_s3_and_the_command_line_on_it(spec, single, s3, capsys):
   assert cli.main(["report", f"--results={out}", "--results=s3://dmfjax-test/none",
                    "--out=unused"]) == 2
   assert "s3://dmfjax-test/none" in capsys.readouterr().err
+
+
+def test_a_lost_coordinator_is_named_and_the_job_resumes(spec, single, tmp_path):
+  """Process 0 (the coordinator) is killed mid-job: process 1, which JAX's
+  runtime aborts, exits 1 naming what happened and the command that resumes,
+  within the heartbeat timeout; the job started again completes every run once."""
+  out = tmp_path / "job"
+  port = _free_port()
+  env = dict(cli_env(), JAX_COORDINATOR_BIND_ADDRESS=f"127.0.0.1:{port}")
+  cmd = [*sweep_cmd(spec, out, "--distributed", f"--coordinator_address=127.0.0.1:{port}",
+                    "--num_processes=2", "--workers=1", "--heartbeat_timeout=10")]
+  procs = [subprocess.Popen(cmd + [f"--process_id={i}"], env=env, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for i in range(2)]
+  try:
+    start = time.monotonic()
+    while not list((out / results.RUNS).glob("*.parquet")):
+      assert time.monotonic() - start < 300 and procs[1].poll() is None
+      time.sleep(0.05)
+    procs[0].kill()  # the supervisor: its child (the coordinator) dies with it
+    killed = time.monotonic()
+    _, stderr = procs[1].communicate(timeout=120)
+    waited = time.monotonic() - killed
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  assert procs[1].returncode == 1, stderr
+  assert "error: process 1 of the --distributed job was stopped by JAX's distributed" in stderr
+  assert "start the job again to resume:\n  dmfjax sweep --spec=" in stderr
+  assert waited < 60, waited
+  _job(spec, out)  # resumes: every run once, equal to one process
+  a, b = runs_table(single), runs_table(out)
+  assert len(b) == 12 and b.run_id.is_unique
+  assert_same_results(a, b)
+
+
+def test_heartbeat_timeout_is_checked(spec, tmp_path, capsys):
+  code = cli.main(["sweep", f"--spec={spec}", f"--out={tmp_path / 'out'}", "--distributed",
+                   "--heartbeat_timeout=0"])
+  assert code == 2 and "heartbeat_timeout: must be" in capsys.readouterr().err

@@ -31,7 +31,7 @@ MOVED = {
     "specs": "dmfjax.spec",
     "dynamics": "dmfjax.analysis.dynamics",
     "plots": "dmfjax.analysis.figures",
-    "plot_curves": "dmfjax.analysis.learning_curves",
+    "plot_curves": "dmfjax.analysis.training_plots",
     "report": "dmfjax.analysis.report",
     "report_doc": "dmfjax.analysis.report_doc",
 }

@@ -73,9 +73,11 @@ def imports(path: pathlib.Path, name: str, known: set) -> tuple[set, set]:
       if node.level:
         base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1]
                         + ([node.module] if node.module else []))
-      # ``from dmfjax.results import txlog`` depends on dmfjax.results.txlog.
+      # ``from dmfjax.results import txlog`` depends on dmfjax.results.txlog,
+      # and on dmfjax.results itself: its __init__ runs first (the root
+      # package's imports only the base modules).
       targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in known else base
-                 for a in node.names]
+                 for a in node.names] + ([base] if base != "dmfjax" else [])
     else:
       continue
     for target in targets:
@@ -154,11 +156,13 @@ def test_the_checker_finds_what_it_should(tmp_path):
   known = {"dmfjax", "dmfjax.results", "dmfjax.results.a", "dmfjax.results.b",
            "dmfjax.results.c", "dmfjax.sweep", "dmfjax.sweep.run"}
   ours, theirs = imports(pkg / "results" / "a.py", "dmfjax.results.a", known)
-  assert ours == {"dmfjax.sweep.run"} and theirs == {"jax"}
+  assert ours == {"dmfjax.sweep", "dmfjax.sweep.run"} and theirs == {"jax"}
+  # A sibling imported through the package depends on the package's
+  # __init__ too (which, re-exporting the package, imports the module back).
   assert imports(pkg / "results" / "b.py", "dmfjax.results.b", known)[0] == {
-      "dmfjax.results.c"}
+      "dmfjax.results", "dmfjax.results.c"}
   assert imports(pkg / "results" / "c.py", "dmfjax.results.c", known)[0] == {
-      "dmfjax.results.b"}
+      "dmfjax.results", "dmfjax.results.b"}
 
 
 @pytest.mark.parametrize("package", ["dmfjax.core", "dmfjax.results", "dmfjax.sweep",

@@ -21,7 +21,7 @@ Modules:
 * ``dynamics``        -- tables over training steps (singular values, alignment)
 * ``plotting``        -- the figures' shared style
 * ``figures``         -- the paper's figures
-* ``learning_curves`` -- curves over training steps
+* ``training_plots``  -- figures over training steps: learning curves, singular values, alignment
 * ``report``, ``report_doc`` -- the report (Markdown and self-contained HTML)
 """
 

@@ -27,7 +27,7 @@ individually as hollow markers in the curve's colour, diverged runs as red x
 * :func:`plot_phase_diagram`: that fraction over a grid.
 * :func:`plot_learning_curves`, :func:`plot_singular_value_trajectories`
   (paper figure 3), :func:`plot_alignment`: curves over training steps, from
-  :mod:`dmfjax.plot_curves`.
+  :mod:`dmfjax.analysis.training_plots`.
 
 matplotlib is imported only when a function is called; nothing assumes a
 display (the Agg backend works). Labels use matplotlib mathtext.
@@ -40,16 +40,13 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from dmfjax.analysis import tables
-from dmfjax.analysis.learning_curves import (  # noqa: F401  (figures.* draws every figure)
-  plot_alignment,
-  plot_learning_curves,
-  plot_singular_value_trajectories,
-)
+import dmfjax.analysis.tables as tables
 from dmfjax.analysis.plotting import (BAND_ALPHA, INIT_NORM_LABEL, MEDIAN_COLOR, METRIC_LABELS,
                                       N_OBS_LABEL, NN_COLOR, SHORT_LABELS, depth_color, finite, fmt,
                                       mark_outcomes, new_axes, outcome_handles, pyplot,
                                       tidy_log_axis)
+from dmfjax.analysis.training_plots import (  # noqa: F401  (figures.* draws every figure)
+    plot_alignment, plot_learning_curves, plot_singular_value_trajectories)
 
 PANEL_METRICS = ("reconstruction_error", "nuclear_norm", "effective_rank")
 NN_LABEL = "min nuclear norm"

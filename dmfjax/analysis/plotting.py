@@ -1,6 +1,6 @@
 """The figures' shared style: labels, colours, outcome markers, axes helpers.
 
-One definition for every figure of ``figures`` and ``learning_curves``:
+One definition for every figure of ``figures`` and ``training_plots``:
 a depth has the same colour everywhere, budget and diverged runs are
 marked the same way, and labels are matplotlib mathtext. matplotlib is
 imported only when something is drawn.

@@ -40,8 +40,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+import dmfjax.analysis.dynamics as dynamics
+import dmfjax.analysis.figures as figures  # imports matplotlib only when it draws
+import dmfjax.analysis.report_doc as report_doc
+import dmfjax.analysis.tables as tables
 from dmfjax import results
-from dmfjax.analysis import dynamics, report_doc, tables
 from dmfjax.results import storage
 
 # --------------------------------------------------------------------------
@@ -63,7 +66,6 @@ def _depth_summary(rep: report_doc.Document, runs: pd.DataFrame):
 
 
 def _depth_figure(rep: report_doc.Document, runs: pd.DataFrame):
-  from dmfjax.analysis import figures  # matplotlib only when drawing
   for problem, sweep, group in report_doc.sweep_groups(runs):
     dmf = tables.select(group, method="dmf")
     if dmf["depth"].nunique() < 2 or dmf["n_obs"].nunique() != 1:
@@ -84,7 +86,6 @@ def _depth_figure(rep: report_doc.Document, runs: pd.DataFrame):
 
 
 def _figure1(rep: report_doc.Document, runs: pd.DataFrame, threshold: float):
-  from dmfjax.analysis import figures  # matplotlib only when drawing
   for problem, sweep, group in report_doc.sweep_groups(runs):
     if tables.select(group, method="dmf")["n_obs"].nunique() < 2:
       continue
@@ -119,7 +120,6 @@ def _figure1(rep: report_doc.Document, runs: pd.DataFrame, threshold: float):
 
 
 def _figure2(rep: report_doc.Document, runs: pd.DataFrame):
-  from dmfjax.analysis import figures  # matplotlib only when drawing
   for problem, sweep, group in report_doc.sweep_groups(runs):
     if tables.select(group, method="dmf")["init_scale"].nunique() < 2:
       continue
@@ -162,7 +162,6 @@ def _baselines(rep: report_doc.Document, runs: pd.DataFrame):
 
 
 def _learning(rep: report_doc.Document, runs: pd.DataFrame, trajectories: pd.DataFrame | None):
-  from dmfjax.analysis import figures  # matplotlib only when drawing
   if trajectories is None or not len(trajectories):
     return
   for (sweep, problem), group in trajectories.groupby(
@@ -195,7 +194,6 @@ def _learning(rep: report_doc.Document, runs: pd.DataFrame, trajectories: pd.Dat
 
 
 def _dynamics(rep: report_doc.Document, runs: pd.DataFrame, trajectories: pd.DataFrame | None):
-  from dmfjax.analysis import figures  # matplotlib only when drawing
   if trajectories is None or not len(trajectories):
     return
   has_sv = trajectories["step_singular_values"].notna()
@@ -250,7 +248,6 @@ def _dynamics(rep: report_doc.Document, runs: pd.DataFrame, trajectories: pd.Dat
 
 
 def _phase(rep: report_doc.Document, runs: pd.DataFrame, threshold: float):
-  from dmfjax.analysis import figures  # matplotlib only when drawing
   for problem, sweep, group in report_doc.sweep_groups(runs):
     dmf = tables.select(group, method="dmf")
     grids = []

@@ -19,7 +19,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from dmfjax.analysis import tables
+import dmfjax.analysis.tables as tables
 
 PNG_DPI = 120
 

@@ -51,8 +51,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import dmfjax.core.problems as problems
+import dmfjax.core.ratings as ratings
 from dmfjax import checksums
-from dmfjax.core import problems, ratings
 from dmfjax.errors import DataFileError
 
 KEYS = ("w_star", "mask", "observed", "a", "y")

@@ -69,7 +69,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from dmfjax.core import pytree, train
+import dmfjax.core.pytree as pytree
+import dmfjax.core.train as train
 from dmfjax.core.numerics import full_precision, matmul
 from dmfjax.core.problems import CompletionProblem, Problem, SensingProblem
 

@@ -31,7 +31,7 @@ from typing import Optional, Union
 import jax
 import jax.numpy as jnp
 
-from dmfjax.core import pytree
+import dmfjax.core.pytree as pytree
 from dmfjax.core.numerics import matmul
 
 PROBLEM_KINDS = ("completion", "sensing", "ratings")

@@ -37,7 +37,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dmfjax.core import models, pytree
+import dmfjax.core.models as models
+import dmfjax.core.pytree as pytree
 from dmfjax.core.numerics import PRECISION, matmul
 from dmfjax.core.problems import CompletionProblem
 

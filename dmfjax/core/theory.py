@@ -48,7 +48,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dmfjax.core import models, problems
+import dmfjax.core.models as models
+import dmfjax.core.problems as problems
 from dmfjax.core.numerics import matmul
 
 F64 = jnp.float64

@@ -39,8 +39,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+import dmfjax.core.metrics as metrics
+import dmfjax.core.models as models
+import dmfjax.core.optimizers as optimizers
+import dmfjax.core.problems as problems
+import dmfjax.core.pytree as pytree
 from dmfjax import fields
-from dmfjax.core import metrics, models, optimizers, problems, pytree
 from dmfjax.core.numerics import full_precision, resolve_dtype
 
 RUNNING, CONVERGED, BUDGET, DIVERGED = range(4)  # positions in fields.STATUS_NAMES

@@ -55,19 +55,59 @@ Modules:
 """
 
 from dmfjax.errors import CompactionBusy, LockHeld, ResultsError, ResultsWriteError
-from dmfjax.results import (compaction, frames, leases, locks, provenance, reading, recovery,
-                            schema, storage, survey, txlog, writer)
+from dmfjax.results import (
+                            compaction,
+                            frames,
+                            leases,
+                            locks,
+                            provenance,
+                            reading,
+                            recovery,
+                            schema,
+                            storage,
+                            survey,
+                            txlog,
+                            writer,
+)
 from dmfjax.results.compaction import compact
-from dmfjax.results.reading import (ResultsFileWarning, committed_files, finished_run_ids,
-                                    read_arrow, read_table, store_exists, table_files)
+from dmfjax.results.reading import (
+                            ResultsFileWarning,
+                            committed_files,
+                            finished_run_ids,
+                            read_arrow,
+                            read_table,
+                            store_exists,
+                            table_files,
+)
 from dmfjax.results.recovery import recover
-from dmfjax.results.schema import (COMMIT_COLUMNS, CONFIG_COLUMNS, FILE_METADATA,
-                                   IDENTITY_COLUMNS, LOCKS, MANIFESTS, PROVENANCE_COLUMNS,
-                                   QUARANTINE, READABLE_VERSIONS, RESULT_COLUMNS, RUNS,
-                                   RUNS_SCHEMA, SCHEMA_VERSION, SCHEMAS, SORT_KEYS, STAGING,
-                                   STEP_COLUMNS, STEP_METRICS, TRAJECTORIES,
-                                   TRAJECTORIES_SCHEMA, V1_TRAJECTORY_NAMES, VERSION_KEY,
-                                   conform, file_version, read_file, schema_id)
+from dmfjax.results.schema import (
+                            COMMIT_COLUMNS,
+                            CONFIG_COLUMNS,
+                            FILE_METADATA,
+                            IDENTITY_COLUMNS,
+                            LOCKS,
+                            MANIFESTS,
+                            PROVENANCE_COLUMNS,
+                            QUARANTINE,
+                            READABLE_VERSIONS,
+                            RESULT_COLUMNS,
+                            RUNS,
+                            RUNS_SCHEMA,
+                            SCHEMA_VERSION,
+                            SCHEMAS,
+                            SORT_KEYS,
+                            STAGING,
+                            STEP_COLUMNS,
+                            STEP_METRICS,
+                            TRAJECTORIES,
+                            TRAJECTORIES_SCHEMA,
+                            V1_TRAJECTORY_NAMES,
+                            VERSION_KEY,
+                            conform,
+                            file_version,
+                            read_file,
+                            schema_id,
+)
 from dmfjax.results.verify import Problem, Report, verify
 from dmfjax.results.writer import Writer, put_parquet, write_parquet
 

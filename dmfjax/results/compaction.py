@@ -64,9 +64,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from dmfjax import checksums
-from dmfjax.errors import CompactionBusy as Busy, ResultsError
-from dmfjax.results import locks, reading, schema, storage, txlog, writer
+import dmfjax.results.locks as locks
+import dmfjax.results.reading as reading
+import dmfjax.results.schema as schema
+import dmfjax.results.storage as storage
+import dmfjax.results.txlog as txlog
+import dmfjax.results.writer as writer
+from dmfjax.errors import CompactionBusy as Busy
+from dmfjax.errors import ResultsError
 from dmfjax.results.schema import RUNS, STAGING, TRAJECTORIES
 
 TARGET_FILE_BYTES = 256 * 2**20   # a large file; smaller than half of it is "small"
@@ -125,10 +130,8 @@ def swap_in(out: pathlib.Path, table: str, remove, add: dict, work: pathlib.Path
 def _read(loc: storage.Location, table: str, name: str, meta: dict | None):
   key = f"{table}/{name}"
   data = loc.read_bytes(key)
-  if meta is not None and (len(data) != meta["bytes"]
-                           or checksums.sha256_bytes(data) != meta["sha256"]):
-    raise ResultsError(f"{loc.uri(key)}: checksum mismatch (recorded at commit: "
-                               f"{meta['bytes']} bytes, sha256 {meta['sha256'][:12]}...)")
+  if meta is not None and (why := reading.check_bytes(data, meta)):
+    raise ResultsError(f"{loc.uri(key)}: {why}")
   return schema.read_file(loc.uri(key), table, data=data)
 
 

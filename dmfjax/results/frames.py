@@ -15,8 +15,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from dmfjax.results import schema, storage
+import dmfjax.results.schema as schema
+import dmfjax.results.storage as storage
 from dmfjax.results.reading import read_arrow
+
 
 def is_listlike(value) -> bool:
   """Whether a filter value is a collection of values (else one value)."""

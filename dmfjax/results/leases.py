@@ -86,8 +86,10 @@ import time
 import uuid
 import warnings
 
+import dmfjax.results.provenance as provenance
+import dmfjax.results.storage as storage
+import dmfjax.results.txlog as txlog
 from dmfjax.errors import LockHeld
-from dmfjax.results import provenance, storage, txlog
 from dmfjax.results.schema import LOCKS
 
 TTL_ENV = "DMFJAX_LEASE_TTL_S"

@@ -42,10 +42,12 @@ import re
 import threading
 import time
 
+import dmfjax.results.leases as leases
+import dmfjax.results.storage as storage
 from dmfjax.errors import LockHeld, ResultsWriteError
-from dmfjax.results import leases, storage
 from dmfjax.results.provenance import describe, identity
 from dmfjax.results.schema import LOCKS
+
 
 def _holder(path: pathlib.Path) -> dict:
   """The identity written in a lock file (empty if none or unreadable)."""

@@ -68,9 +68,11 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+import dmfjax.results.schema as schema
+import dmfjax.results.storage as storage
+import dmfjax.results.txlog as txlog
 from dmfjax import checksums
 from dmfjax.errors import ResultsError
-from dmfjax.results import schema, storage, txlog
 
 KEYS = {schema.RUNS: ("run_id",), schema.TRAJECTORIES: ("run_id", "step")}  # one row per key
 
@@ -212,13 +214,19 @@ def _remember(signature) -> None:
       _VERIFIED.popitem(last=False)
 
 
-def check_bytes(data: bytes, meta: dict) -> str | None:
-  """Why ``data`` is not the file ``meta`` records (None when it is)."""
-  if len(data) != meta["bytes"]:
-    return f"{len(data)} bytes, {meta['bytes']} recorded at commit (truncated or overwritten)"
-  if checksums.sha256_bytes(data) != meta["sha256"]:
+def mismatch(meta: dict, size: int | None = None, sha256: str | None = None) -> str | None:
+  """Why a file of ``size`` bytes hashing to ``sha256`` is not the file its log
+  record ``meta`` names (None when it is; what is not given is not checked)."""
+  if size is not None and size != meta["bytes"]:
+    return f"{size} bytes, {meta['bytes']} recorded at commit (truncated or overwritten)"
+  if sha256 is not None and sha256 != meta["sha256"]:
     return "its contents differ from the SHA-256 recorded at commit (corrupted)"
   return None
+
+
+def check_bytes(data: bytes, meta: dict) -> str | None:
+  """Why ``data`` is not the file ``meta`` records (None when it is)."""
+  return mismatch(meta, size=len(data)) or mismatch(meta, sha256=checksums.sha256_bytes(data))
 
 
 def _verify(loc: storage.Location, src: Source):
@@ -226,16 +234,14 @@ def _verify(loc: storage.Location, src: Source):
   and are worth keeping: an object store's, not to download them twice)."""
   if src.meta is None:
     return None, None
-  if src.info is not None and src.info[0] != src.meta["bytes"]:
-    return (f"{src.info[0]} bytes, {src.meta['bytes']} recorded at commit "
-            "(truncated or overwritten)"), None
+  if src.info is not None and (why := mismatch(src.meta, size=src.info[0])):
+    return why, None
   signature = ((loc.uri(src.key), tuple(src.info), src.meta["sha256"])
                if src.info is not None and src.info[1] is not None else None)
   if _verified(signature):
     return None, None
   if loc.is_local and src.info is not None:  # the size is known: hash in chunks
-    why = (None if loc.sha256(src.key) == src.meta["sha256"] else
-           "its contents differ from the SHA-256 recorded at commit (corrupted)")
+    why = mismatch(src.meta, sha256=loc.sha256(src.key))
     data = None
   else:
     data = loc.read_bytes(src.key)

@@ -58,10 +58,14 @@ from __future__ import annotations
 import time
 import uuid
 
-
-from dmfjax.results import compaction, locks, reading, schema, storage, txlog
+import dmfjax.results.compaction as compaction
+import dmfjax.results.locks as locks
+import dmfjax.results.reading as reading
+import dmfjax.results.schema as schema
+import dmfjax.results.storage as storage
+import dmfjax.results.txlog as txlog
 from dmfjax.results.schema import QUARANTINE, RUNS, STAGING, TRAJECTORIES
-from dmfjax.results.survey import (TABLES, Finding, survey)
+from dmfjax.results.survey import TABLES, Finding, survey
 
 STALE_TMP_S = 600  # a temporary file this old was left by a killed writer
 

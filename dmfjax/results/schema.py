@@ -10,8 +10,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dmfjax import checksums
-from dmfjax import fields
+from dmfjax import checksums, fields
 from dmfjax.errors import ResultsError
 
 SCHEMA_VERSION = 2

@@ -16,7 +16,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dmfjax.results import reading, schema, storage, txlog
+import dmfjax.results.reading as reading
+import dmfjax.results.schema as schema
+import dmfjax.results.storage as storage
+import dmfjax.results.txlog as txlog
 from dmfjax.results.schema import RUNS, TRAJECTORIES
 
 TABLES = txlog.COMMIT_ORDER
@@ -72,8 +75,7 @@ class Survey:
 def _check_committed(loc, table, key, meta, size, thorough):
   """(why it fails or None, its key columns or None, a remark or None, the run
   ids still readable from it when it fails)."""
-  if size is not None and size != meta["bytes"]:
-    why = f"{size} bytes, {meta['bytes']} recorded at commit (truncated or overwritten)"
+  if size is not None and (why := reading.mismatch(meta, size=size)):
     return why, None, None, _salvage(loc, table, key)
   if table == RUNS or thorough:
     data = loc.read_bytes(key)
@@ -89,10 +91,7 @@ def _check_committed(loc, table, key, meta, size, thorough):
       remark = f"{whole.num_rows} rows, {meta['rows']} recorded at commit"
     columns = RUN_COLUMNS if table == RUNS else STEP_COLUMNS
     return None, whole.select(columns).to_pandas(), remark, set()
-  if loc.sha256(key) != meta["sha256"]:
-    return ("its contents differ from the SHA-256 recorded at commit (corrupted)", None, None,
-            set())
-  return None, None, None, set()
+  return reading.mismatch(meta, sha256=loc.sha256(key)), None, None, set()
 
 
 def _salvage(loc, table, key, data=None) -> set:

@@ -70,8 +70,9 @@ import warnings
 import pyarrow as pa
 import pyarrow.compute as pc
 
+import dmfjax.results.provenance as provenance
+import dmfjax.results.storage as storage
 from dmfjax import checksums
-from dmfjax.results import provenance, storage
 
 LOG = "_log"
 TABLES = ("runs", "trajectories")

@@ -36,8 +36,11 @@ from __future__ import annotations
 
 import dataclasses
 
+import dmfjax.results.reading as reading
+import dmfjax.results.recovery as recovery
+import dmfjax.results.storage as storage
+import dmfjax.results.txlog as txlog
 from dmfjax.errors import ResultsError
-from dmfjax.results import reading, recovery, storage, txlog
 from dmfjax.results.schema import STAGING
 
 

@@ -56,8 +56,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+import dmfjax.results.leases as leases
+import dmfjax.results.locks as locks
+import dmfjax.results.provenance as provenance
+import dmfjax.results.storage as storage
+import dmfjax.results.txlog as txlog
 from dmfjax.errors import ResultsWriteError
-from dmfjax.results import leases, locks, provenance, storage, txlog
 from dmfjax.results.schema import (FILE_METADATA, LOCKS, MANIFESTS, RUNS, RUNS_SCHEMA,
                                    SCHEMA_VERSION, STAGING, TRAJECTORIES, TRAJECTORIES_SCHEMA,
                                    WRITE_OPTIONS, conform, schema_id)

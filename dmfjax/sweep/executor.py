@@ -31,12 +31,13 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+import dmfjax.sweep.batching as batching
+import dmfjax.sweep.rows as rows
+import dmfjax.sweep.workers as workers_lib
 from dmfjax import fields, results
 from dmfjax.core import datafiles, nuclear_norm, numerics, sparse, train
 from dmfjax.errors import DataFileError, Interrupted, WorkerError
 from dmfjax.results import provenance
-from dmfjax.sweep import batching, rows
-from dmfjax.sweep import workers as workers_lib
 from dmfjax.sweep.planner import Group, Plan
 from dmfjax.sweep.progress import ForwardedProgress, Progress
 

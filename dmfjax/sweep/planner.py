@@ -31,7 +31,6 @@ from dmfjax.errors import FlagError, ResourceError
 from dmfjax.fields import STATIC_FIELDS
 from dmfjax.sweep.batching import padded
 
-
 _N_OBS, _MAX_STEPS = operator.itemgetter("n_obs"), operator.itemgetter("max_steps")
 
 

@@ -52,8 +52,8 @@ import os
 import time
 from typing import Any
 
+import dmfjax.sweep.workers as workers_lib
 from dmfjax.errors import BackendError
-from dmfjax.sweep import workers as workers_lib
 
 INSTALL = "pip install 'dmfjax[ray]'"
 LOCAL = "local"
@@ -121,7 +121,7 @@ def _device_task() -> dict:
   """A Ray task: the devices a batch task sees (platform, count, memory budget)."""
   import jax
 
-  from dmfjax.sweep import planner
+  import dmfjax.sweep.planner as planner
   return dict(platform=jax.default_backend(), num_devices=len(jax.local_devices()),
               memory_budget=planner.default_memory_budget())
 
@@ -199,8 +199,12 @@ def _batch_task(context: TaskContext, group, index: int) -> TaskResult:
   import jax
   import pyarrow as pa
 
+  import dmfjax.sweep.compile_cache as compile_cache
+  import dmfjax.sweep.executor as executor
+  import dmfjax.sweep.planner as planner
+  import dmfjax.sweep.progress as progress
+  import dmfjax.sweep.rows as rows
   from dmfjax import results
-  from dmfjax.sweep import compile_cache, executor, planner, progress, rows
   try:
     compile_cache.enable(context.compile_cache)
   except ValueError:  # the driver's directory cannot be made here: this machine's own

@@ -30,12 +30,13 @@ from typing import Optional
 
 import jax
 
+import dmfjax.sweep.multihost as multihost
+import dmfjax.sweep.planner as planner
+import dmfjax.sweep.rows as rows
 from dmfjax import results
 from dmfjax import spec as spec_lib
-from dmfjax.errors import (FlagError, Interrupted, LockHeld, ResultsError, StorageFailed,
-                           WorkerError)
+from dmfjax.errors import FlagError, Interrupted, LockHeld, ResultsError, StorageFailed, WorkerError
 from dmfjax.results import compaction, locks, provenance, recovery
-from dmfjax.sweep import multihost, planner, rows
 from dmfjax.sweep.executor import Executor, execute_in_workers
 from dmfjax.sweep.progress import Progress
 
@@ -78,7 +79,7 @@ def run_sweep(spec: spec_lib.Spec, out, num_shards: int = 1, shard_index: int = 
     coordinator = multihost.Coordinator()
   placement = {}  # the devices a batch runs on, where not this process's (Ray)
   if ray_address is not None:
-    from dmfjax.sweep import ray_backend
+    import dmfjax.sweep.ray_backend as ray_backend
     slots = ray_backend.connect(ray_address)
     workers = slots if workers is None else workers
     placement = ray_backend.task_devices() or {}
@@ -143,7 +144,7 @@ def run_sweep(spec: spec_lib.Spec, out, num_shards: int = 1, shard_index: int = 
   finally:
     _close(manifest, writer, out, lock, stream, failing=sys.exc_info()[1] is not None)
     if ray_address is not None:
-      from dmfjax.sweep import ray_backend
+      import dmfjax.sweep.ray_backend as ray_backend
       ray_backend.disconnect()
   return p
 
@@ -210,7 +211,7 @@ def _execute(p: planner.Plan, writer: results.Writer, out, stream, repack: bool,
   jax.monitoring.register_event_listener(progress.on_event)
   try:
     if ray and len(p.todo) > 0:
-      from dmfjax.sweep import ray_backend
+      import dmfjax.sweep.ray_backend as ray_backend
       ray_backend.execute(executor)
     elif p.workers > 1 and len(p.todo) > 0:
       execute_in_workers(executor, out, writer.tag, order)

@@ -16,7 +16,7 @@ import pytest  # noqa: E402
 from dmfjax import analysis, results
 from dmfjax.analysis import dynamics, report, report_doc
 from dmfjax.analysis import figures as plots
-from dmfjax.analysis import learning_curves as plot_curves
+from dmfjax.analysis import training_plots as plot_curves
 
 N = 10
 TOP = 4

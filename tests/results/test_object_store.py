@@ -11,7 +11,6 @@ import threading
 import time
 import uuid
 
-import boto3
 import pandas as pd
 import polars as pl
 import pyarrow.fs as pafs
@@ -20,7 +19,6 @@ import pytest
 
 from dmfjax import analysis, results, spec as spec_lib, sweep
 from dmfjax.results import compaction, leases, locks, recovery, storage, txlog
-import s3_server
 from sweep_helpers import ROOT, assert_same_results, cli_env, runs_table, trajectories_table
 from s3_server import BUCKET, s3  # noqa: F401 -- the moto S3 server fixture
 from test_store import STAMP, fake_batch

@@ -415,7 +415,6 @@ def test_duplicated_version_1_runs_are_kept_once_and_the_copy_quarantined(tmp_pa
 
 def test_a_ratings_file_edited_in_place_gets_new_run_ids(tmp_path, small_ratings_path):
   """The run id hashes the file's contents (``data_sha256``), not only its path."""
-  from dmfjax.core import datafiles
   path = tmp_path / "u.data"
   path.write_bytes(small_ratings_path.read_bytes())
   spec = spec_lib.Spec(problem="ratings", data=str(path), seeds=1, depth=2)

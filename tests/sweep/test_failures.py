@@ -7,7 +7,6 @@ failure stays whole, and the resumed sweep ends with every run exactly once.
 
 import pathlib
 import subprocess
-import sys
 import time
 import uuid
 
@@ -41,7 +40,7 @@ def _assert_one_error_path(proc, out):
   assert proc.returncode == 1, stderr
   assert "Traceback" not in stderr, stderr
   assert "error: the results store stopped taking writes:" in stderr
-  assert f"resume with:\n  dmfjax sweep --spec=" in stderr and f"--out={out}" in stderr
+  assert "resume with:\n  dmfjax sweep --spec=" in stderr and f"--out={out}" in stderr
   return stderr
 
 

@@ -7,7 +7,7 @@
 * :func:`plot_alignment`: diagonal vs off-diagonal magnitudes of
   U^T grad l(W) V over steps (the paper's alignment panel).
 
-:mod:`dmfjax.plots` re-exports these. Every plotted artist's data is a table of
+:mod:`dmfjax.analysis.figures` re-exports these. Every plotted artist's data is a table of
 :mod:`dmfjax.analysis` (or the trajectories table itself), so tests can check
 ``line.get_xdata()`` / ``get_ydata()`` against it; artists carry a ``gid``
 naming what they are ("median depth 3", "run <run_id>", "budget depth 3",
@@ -24,7 +24,8 @@ from typing import Sequence
 
 import pandas as pd
 
-from dmfjax.analysis import dynamics, tables
+import dmfjax.analysis.dynamics as dynamics
+import dmfjax.analysis.tables as tables
 from dmfjax.analysis.plotting import (ALIGNMENT_LABEL, LEARNING_METRICS, METRIC_LABELS,
                                       SHORT_LABELS, SIGMA_LABEL, depth_color, finite, fmt,
                                       mark_outcomes, new_axes, outcome_handles, pyplot,

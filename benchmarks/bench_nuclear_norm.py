@@ -23,8 +23,15 @@ max_i |<A_i, W> - y_i| and the relative objective excess
 (weak duality: d <= min ||W||_*, so this bounds the suboptimality; a slightly
 infeasible W may fall below the optimum and show a negative excess).
 
+BLAS threads (``dmfjax.core.threads``): ``--scipy_first`` imports scipy and
+cvxpy before dmfjax (a notebook that cross-checks against cvxpy), so
+OpenBLAS starts at one thread per core; the JAX solve runs under
+``threads.limited`` (BLAS at ``threads.BLAS_THREADS``) unless ``--blas_limit
+off``. The JAX line shows the best and worst of ``--repeats`` calls.
+
 Usage:
   python benchmarks/bench_nuclear_norm.py --batch 16 --obs 2000 --cvx_problems 3
+  python benchmarks/bench_nuclear_norm.py --batch 2 --scipy_first [--blas_limit off]
 """
 
 from __future__ import annotations
@@ -35,12 +42,15 @@ import sys
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+if "--scipy_first" in sys.argv:  # before dmfjax sets OPENBLAS_NUM_THREADS
+  import cvxpy  # noqa: F401
+  import scipy.linalg  # noqa: F401
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import dmfjax  # noqa: E402,F401  (sets OPENBLAS_NUM_THREADS before numpy loads)
-from dmfjax.core import nuclear_norm, numerics, problems
+from dmfjax.core import nuclear_norm, numerics, problems, threads  # noqa: E402
 
 
 def parse_args():
@@ -58,6 +68,10 @@ def parse_args():
                       help="SCS eps_abs = eps_rel")
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--scipy_first", action="store_true",
+                      help="import scipy and cvxpy before dmfjax (handled at import)")
+  parser.add_argument("--blas_limit", choices=("on", "off"), default="on",
+                      help="run the JAX solve under threads.limited")
   return parser.parse_args()
 
 
@@ -76,6 +90,11 @@ def solve_scs(mask: np.ndarray, target: np.ndarray, eps: float):
 
 def main():
   args = parse_args()
+  with numerics.scope(args.dtype):  # float64 arrays exist only inside (numerics)
+    _main(args)
+
+
+def _main(args):
   dtype = numerics.resolve_dtype(args.dtype)
   keys = jax.random.split(jax.random.PRNGKey(args.seed), args.batch)
   batch = jax.vmap(lambda key: problems.synthetic(
@@ -83,6 +102,8 @@ def main():
 
   solve_batch = jax.jit(jax.vmap(lambda p: nuclear_norm.solve(
       p, tol=args.tol, max_iters=args.max_iters)))
+  if args.blas_limit == "on":
+    solve_batch = threads.limited(solve_batch)
   start = time.perf_counter()
   result = jax.block_until_ready(solve_batch(batch))
   compile_and_run = time.perf_counter() - start
@@ -95,10 +116,13 @@ def main():
 
   print(f"problems: {args.batch} x completion {args.n}x{args.n} rank {args.rank}, "
         f"{args.obs} observations; JAX dtype {args.dtype}, tol {args.tol:g}; "
-        f"SCS eps {args.scs_eps:g}; backend {jax.default_backend()}")
+        f"SCS eps {args.scs_eps:g}; backend {jax.default_backend()}; scipy imported "
+        f"{'before' if args.scipy_first else 'after'} dmfjax; BLAS limit {args.blas_limit}, "
+        f"BLAS threads outside the solve {threads.blas_threads()}")
   print(f"JAX  ADMM: {jax_per_problem * 1e3:8.1f} ms/problem "
         f"(batch of {args.batch} in {min(times):.3f} s, first call with compile "
-        f"{compile_and_run:.2f} s); iterations {np.asarray(result.iterations).min()}"
+        f"{compile_and_run:.2f} s; worst of {args.repeats} {max(times):.3f} s); "
+        f"iterations {np.asarray(result.iterations).min()}"
         f"..{np.asarray(result.iterations).max()}, all converged: "
         f"{bool(np.all(result.converged))}")
   print(f"           constraint residual max {float(jnp.max(result.constraint_residual)):.2e}, "
@@ -130,7 +154,8 @@ def main():
         f"batch of {args.batch} extrapolated: {scs_per_problem * args.batch:.1f} s")
   print(f"accuracy on the {count} shared problems (objective excess over the "
         f"certified dual bound):")
-  print(f"  JAX: constraint residual max {max(float(r) for r in result.constraint_residual[:count]):.2e}, "
+  residual = max(float(r) for r in result.constraint_residual[:count])
+  print(f"  JAX: constraint residual max {residual:.2e}, "
         f"objective excess max {max(jax_excess):.2e}")
   print(f"  SCS: constraint residual max {max(scs_residuals):.2e}, "
         f"objective excess range {min(scs_excess):.2e}..{max(scs_excess):.2e}")

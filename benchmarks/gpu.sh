@@ -4,7 +4,11 @@
 #      against float64 on the CPU, 3000 steps;
 #   2. throughput: run-steps/s of the chunk kernel at n = 100, depths 2/3/4,
 #      batches 64 .. 16384, against the GPU's large-GEMM rate;
-#   3. the whole paper_fig2 grid (144 runs, to train loss 1e-6) end to end.
+#   3. the whole paper_fig2 grid (144 runs, to train loss 1e-6) end to end;
+#   4. chunk length: executed/useful run-steps and wall time of reduced sweeps
+#      with per-group chunks (planner.plan_chunks) against fixed 5,000-step
+#      chunks (benchmarks/chunks.py): on a GPU a chunk is fast, so the
+#      per-chunk host sync weighs more than on a CPU.
 # Prints one Markdown table and appends it, with the device, to
 # benchmarks/RESULTS.md. Run from the repository root on a machine with a
 # GPU build of jaxlib (pip install -e '.[dev]' 'jax[cuda12]').
@@ -15,8 +19,10 @@ PY=${PY:-python}
 out=$(mktemp -d)
 if [ "${SMOKE:-0}" = 1 ]; then
   batches=64,256; fig2_args=(--set max_steps=2000 --set depth=2 --set seeds=1); steps=300
+  chunk_variants='quickstart:max_steps=500'
 else
   batches=64,256,1024,4096,16384; fig2_args=(); steps=3000
+  chunk_variants='quickstart:max_steps=2000;paper_fig2:seeds=1,max_steps=20000'
 fi
 $PY benchmarks/precision.py --steps "$steps" | tee "$out/precision.txt"
 $PY benchmarks/throughput.py --modes single --depths 2,3,4 --sizes 100 \
@@ -27,4 +33,7 @@ $PY -m dmfjax sweep --spec paper_fig2 --out "$out/fig2" --compile_cache "$out/ca
 end=$(date +%s.%N)
 $PY benchmarks/gpu_table.py --dir "$out" --seconds "$(echo "$end - $start" | bc)" \
     | tee "$out/table.md"
-{ echo; cat "$out/table.md"; } >> benchmarks/RESULTS.md
+$PY benchmarks/chunks.py --variants "$chunk_variants" | tee "$out/chunks.txt"
+{ echo; cat "$out/table.md"; echo; echo "Chunks (benchmarks/chunks.py --variants" \
+  "'$chunk_variants'):"; echo; echo '```'; cat "$out/chunks.txt"; echo '```'; } \
+  >> benchmarks/RESULTS.md

@@ -15,9 +15,13 @@ from typing import BinaryIO
 CHUNK_BYTES = 1 << 22  # read files in 4 MiB chunks: constant memory for any size
 
 
-def sha256_bytes(data) -> str:
-  """The SHA-256 (hex) of ``data`` (bytes, a bytearray or a memoryview)."""
-  return hashlib.sha256(data).hexdigest()
+def sha256_bytes(*parts) -> str:
+  """The SHA-256 (hex) of ``parts`` (bytes, bytearrays, memoryviews or Arrow
+  buffers) one after the other."""
+  digest = hashlib.sha256()
+  for part in parts:
+    digest.update(part)
+  return digest.hexdigest()
 
 
 def sha256_stream(stream: BinaryIO) -> str:

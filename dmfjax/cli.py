@@ -1,17 +1,22 @@
-"""The ``dmfjax`` command: ``sweep``, ``report``, ``compact``, ``verify``, ``specs``.
+"""The ``dmfjax`` command: ``sweep``, ``report``, ``status``, ``export``, ``compact``,
+``verify``, ``specs``.
 
     dmfjax sweep --spec quickstart --out results/qs [--set depth=2,3] [--dry_run]
     dmfjax report --results results/qs --out results/qs/report
     dmfjax compact results/qs
     dmfjax verify results/qs
+    dmfjax status results/qs [--watch]
+    dmfjax export results/qs --to mlflow|tensorboard|delta DEST
     dmfjax specs
 
 Kept short on purpose: flags become arguments of ``sweep.run_sweep`` and
 ``analysis.write_report``; the logic lives in tested libraries. Exit status
 (``dmfjax.errors``): 0 done, 2 bad input (the message names the field, file
-or flag), 1 a worker process or a process of the job failed, 130
-interrupted. ``python -m dmfjax`` is the same command and ``python -m
-dmfjax.sweep`` its ``sweep`` subcommand. Long command lines go in a file:
+or flag), 1 a worker process or a process of the job failed, 128 + the
+signal when a signal stopped it cleanly (130 SIGINT, 143 SIGTERM, 138
+SIGUSR1), 75 when it stopped before its time limit (``sweep.stopping``).
+``python -m dmfjax`` is the same command and ``python -m dmfjax.sweep`` its
+``sweep`` subcommand. Long command lines go in a file:
 ``--flagfile=sweep.flags`` (absl's format: one flag a line, ``#`` comments,
 nested flagfiles).
 
@@ -27,12 +32,11 @@ import shlex
 import sys
 
 from absl import flags as absl_flags
-from absl import logging as absl_logging
 from absl.flags import argparse_flags
 
 from dmfjax import errors, fields
 
-EXIT_BAD_INPUT, EXIT_WORKER_FAILED, EXIT_INTERRUPTED = 2, 1, 130
+EXIT_BAD_INPUT, EXIT_WORKER_FAILED = 2, 1
 
 
 # ``--flagfile`` is expanded by absl (argparse_flags) against flags of our own,
@@ -93,6 +97,8 @@ def _parser() -> argparse.ArgumentParser:
   _flag(s, "workers", type=int, help="worker processes (default: cores on a CPU, else 1)")
   _flag(s, "report", action="store_true",
         help="write the report under OUT/report at the end (./NAME-report for a URI)")
+  _flag(s, "report_every", type=float, metavar="SECONDS",
+        help="also rewrite that report every SECONDS while the sweep runs (implies --report)")
   _flag(s, "compact", action=argparse.BooleanOptionalAction, default=True,
         help="compact the store's small files at the end (default: on)")
   s.add_argument("--nocompact", dest="compact", action="store_false", help=argparse.SUPPRESS)
@@ -115,6 +121,14 @@ def _parser() -> argparse.ArgumentParser:
   _flag(s, "flagfile", metavar="FILE",
         help="read flags from FILE (absl's format: one flag a line, '#' comments, nested "
              "--flagfile); expanded before the other flags are parsed")
+  _flag(s, "checkpoint_every", type=float, default=60.0, metavar="SECONDS",
+        help="checkpoint the runs in flight this often, and at a stop (default: 60; "
+             "0: after every chunk; a kill loses at most this much of each run)")
+  s.add_argument("--nocheckpoint", dest="checkpoint_every", action="store_const",
+                 const=None, help="keep no checkpoints (a stop loses the runs in flight)")
+  _flag(s, "time_limit", type=float, metavar="SECONDS",
+        help="stop cleanly (commit, checkpoint, exit 75) before this many seconds have "
+             "passed; SLURM's job end time ($SLURM_JOB_END_TIME) is read where it is set")
   _flag(s, "compile_cache", metavar="DIR",
         help="JAX's persistent compilation cache (default: $JAX_COMPILATION_CACHE_DIR or "
              "~/.cache/dmfjax/jax; 'none': off)")
@@ -131,6 +145,17 @@ def _parser() -> argparse.ArgumentParser:
                      "its log and say what the next sweep would quarantine or re-run "
                      "(changes nothing; exit 0 clean, 1 problems found, 2 not a store)")
   v.add_argument("out", help="the results directory or URI")
+  st = sub.add_parser("status", help="how far along a sweep is: runs done and to do per "
+                      "compiled group, throughput, ETA, writers and their heartbeats (read "
+                      "from the store alone; exit 1 when a writer is stale)")
+  st.add_argument("out", help="the results directory or URI")
+  _flag(st, "watch", nargs="?", type=float, const=10.0, metavar="SECONDS",
+        help="refresh every SECONDS (default 10) until Ctrl-C")
+  e = sub.add_parser("export", help="export the runs to MLflow, TensorBoard or Delta Lake "
+                     "(adds only the runs the target does not hold yet)")
+  e.add_argument("out", help="the results directory or URI")
+  _flag(e, "to", required=True, nargs=2, metavar=("TARGET", "DEST"),
+        help="mlflow DIR_OR_TRACKING_URI | tensorboard DIR | delta DIR_OR_URI")
   sub.add_parser("specs", help="list the shipped specs")
   return top
 
@@ -148,16 +173,27 @@ def _sweep(args) -> int:
       raise errors.FlagError(f"memory_gb: must be > 0, got {args.memory_gb}")
     budget = int(args.memory_gb * 2**30)
   _check_processes(args)
+  from dmfjax.sweep import stopping, supervisor
+  stopping.stop_while_starting()
+  searching = getattr(spec, "search", None) is not None  # rounds: sweep.search
   if args.dry_run:
     out = args.out if args.out and results.store_exists(args.out) else None
+    if searching:
+      from dmfjax.sweep import search
+      spec = search.next_round(spec, out)
+      if spec is None:
+        print("the search is done: every grid point is resolved")
+        return 0
     p = planner.plan(spec, out, args.num_shards, args.shard_index, budget,
                      workers=args.workers)
     print(planner.describe(p, spec))
     return 0
   if not args.out:
     raise errors.FlagError("out: --out DIR is required")
-  if args.distributed and not _supervised():
-    return _supervise(args)
+  if args.distributed and not supervisor.supervised():
+    who = f"process {args.process_id}" if args.process_id is not None else "this process"
+    return supervisor.supervise(["-m", "dmfjax", *args.argv], who, args.out,
+                                _command_line(args))
   if args.distributed:
     from dmfjax.sweep import workers
     workers.die_with_parent(os.getppid())
@@ -169,14 +205,16 @@ def _sweep(args) -> int:
                          heartbeat_timeout=args.heartbeat_timeout)
     import jax
     leader = jax.process_index() == 0
-    stream = _ProcessLog(jax.process_index(), jax.process_count())
+    stream = supervisor.ProcessLog(jax.process_index(), jax.process_count())
   resume = (f"[dmfjax] runs that finished are written under {args.out}; "
             f"run the same command again to resume:\n  {_command_line(args)}")
+  periodic = _periodic(args, leader)
   try:
-    p = sweep.run_sweep(spec, args.out, args.num_shards, args.shard_index, budget,
-                        stream=stream, repack=args.repack, workers=args.workers,
-                        compact=args.compact, wait=args.wait, ray_address=args.ray,
-                        distributed=args.distributed)
+    run = sweep.run_search if searching else sweep.run_sweep
+    p = run(spec, args.out, args.num_shards, args.shard_index, budget, stream=stream,
+            repack=args.repack, workers=args.workers, compact=args.compact, wait=args.wait,
+            ray_address=args.ray, distributed=args.distributed,
+            checkpoint_every=args.checkpoint_every, time_limit=args.time_limit)
   except errors.StorageFailed as e:
     print(f"error: the results store stopped taking writes: {e}\n"
           f"[dmfjax] every commit before it is whole and nothing of the failed batch was "
@@ -190,9 +228,13 @@ def _sweep(args) -> int:
   except errors.JobFailed as e:
     print(f"error: {e}\n{resume}", file=sys.stderr, flush=True)
     return EXIT_WORKER_FAILED
-  except errors.Interrupted:
-    print(f"[dmfjax] interrupted: {resume.split('] ', 1)[1]}", file=sys.stderr)
-    return EXIT_INTERRUPTED
+  except errors.Interrupted as e:
+    print(f"[dmfjax] stopped ({e.reason}): runs in flight are checkpointed; "
+          f"{resume.split('] ', 1)[1]}", file=sys.stderr)
+    return stopping.exit_code(e.reason)
+  finally:
+    if periodic is not None:
+      periodic.stop()
   if not leader:  # process 0 prints the table of the whole job
     return 0
   ids = {r["run_id"] for r in p.runs}
@@ -200,7 +242,7 @@ def _sweep(args) -> int:
   print(summary_table(runs[runs.run_id.isin(ids)]))
   print(f"results: {args.out} (load them with: from dmfjax import analysis; "
         f"runs = analysis.load_runs({str(args.out)!r}))")
-  if args.report:
+  if args.report or args.report_every:
     try:
       from dmfjax import analysis
       path = analysis.write_report([args.out], _report_dir(args.out))
@@ -208,46 +250,6 @@ def _sweep(args) -> int:
     except ImportError as e:
       print(f"report skipped ({e}); install the 'plot' extra: pip install 'dmfjax[plot]'")
   return 0
-
-
-# A --distributed process runs as the child of a small supervisor (this same
-# command), which names the failure when JAX's runtime aborts the child.
-_SUPERVISOR = "DMFJAX_SUPERVISOR_PID"
-
-
-def _supervised() -> bool:
-  return os.environ.get(_SUPERVISOR) == str(os.getppid())
-
-
-def _supervise(args) -> int:
-  """Runs this ``--distributed`` process as a child and reports how it ended.
-
-  When the job loses a process (the coordinator or a peer), JAX's
-  coordination client aborts the survivors from a C++ thread (SIGABRT, exit
-  134): no Python code of theirs runs again. The supervisor, which holds no
-  JAX runtime, outlives it and says what happened and how to resume. The
-  child dies with the supervisor (PR_SET_PDEATHSIG); SIGTERM, SIGUSR1 and
-  SIGHUP sent to the supervisor alone are passed on; SIGINT from a terminal
-  reaches the child directly (same process group), so it is not forwarded.
-  """
-  import signal
-  import subprocess
-  child = subprocess.Popen([sys.executable, "-m", "dmfjax", *args.argv],
-                           env=dict(os.environ, **{_SUPERVISOR: str(os.getpid())}))
-  for signum in (signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP):
-    signal.signal(signum, lambda s, _: child.send_signal(s))
-  signal.signal(signal.SIGINT, signal.SIG_IGN)
-  code = child.wait()
-  if code in (-signal.SIGABRT, 128 + signal.SIGABRT):
-    who = f"process {args.process_id}" if args.process_id is not None else "this process"
-    print(f"error: {who} of the --distributed job was stopped by JAX's distributed "
-          "runtime: another process of the job (or its coordinator, process 0) is gone "
-          "(JAX's log above says which).\n"
-          f"[dmfjax] runs that finished are written under {args.out}; once every process "
-          f"of the job has stopped, start the job again to resume:\n  {_command_line(args)}",
-          file=sys.stderr, flush=True)
-    return EXIT_WORKER_FAILED
-  return code if code >= 0 else 128 - code
 
 
 def _command_line(args) -> str:
@@ -263,34 +265,6 @@ def summary_table(runs) -> str:
     return "(no runs)"
   table = analysis.depth_comparison(runs)
   return table.to_string(index=False, float_format=lambda x: f"{x:.3g}")
-
-
-class _ProcessLog:
-  """A text stream for one process of a ``--distributed`` job: each line goes
-  to absl logging, prefixed with the process index (``[p1/4]``), so that the
-  interleaved logs of a job's processes say who wrote what."""
-
-  def __init__(self, index: int, count: int):
-    self.prefix = f"[p{index}/{count}] "
-    self.pending = ""
-    absl_logging.use_absl_handler()
-    absl_logging.set_verbosity(absl_logging.INFO)
-
-  def write(self, text: str) -> int:
-    lines = (self.pending + text).split("\n")
-    self.pending = lines.pop()
-    for line in lines:
-      if line.strip():
-        absl_logging.info("%s%s", self.prefix, line.strip("\r"))
-    return len(text)
-
-  def flush(self) -> None:
-    if self.pending.strip():
-      absl_logging.info("%s%s", self.prefix, self.pending)
-    self.pending = ""
-
-  def isatty(self) -> bool:
-    return False
 
 
 def _check_processes(args) -> None:
@@ -316,6 +290,14 @@ def _report_dir(out: str) -> pathlib.Path:
   if storage.is_uri(out):
     return pathlib.Path(f"{out.rstrip('/').rsplit('/', 1)[-1]}-report")
   return pathlib.Path(out) / "report"
+
+
+def _periodic(args, leader: bool):
+  """``--report_every``: the report rewritten while the sweep runs (process 0)."""
+  if args.report_every is None or not leader:
+    return None
+  from dmfjax.analysis import report_live
+  return report_live.Periodic(args.out, _report_dir(args.out), args.report_every).start()
 
 
 def _report(args) -> int:
@@ -355,6 +337,17 @@ def _verify(args) -> int:
   return report.exit_status
 
 
+def _status(args) -> int:
+  from dmfjax.results import status
+  return status.watch(args.out, args.watch)
+
+
+def _export(args) -> int:
+  from dmfjax.analysis import exports
+  print(exports.summary(exports.export(args.out, *args.to)))
+  return 0
+
+
 def _specs(args) -> int:
   from dmfjax import spec as spec_lib
   del args
@@ -370,11 +363,19 @@ def main(argv=None) -> int:
   args.argv = argv
   try:
     return {"sweep": _sweep, "report": _report, "compact": _compact, "verify": _verify,
-            "specs": _specs}[args.command](args)
+            "status": _status, "export": _export, "specs": _specs}[args.command](args)
   except (errors.InputError, errors.ResultsError, errors.LockHeld, FileNotFoundError,
           ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return EXIT_BAD_INPUT
+  except KeyboardInterrupt:  # a second signal: stopped at once (sweep.stopping)
+    code = getattr(sys.modules.get("dmfjax.sweep.stopping"), "hard_stop_code", None)
+    if code is None:
+      raise
+    print("[dmfjax] stopped at once: committed runs stay; run the same command again to "
+          "resume", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(code)  # not the interpreter's teardown: XLA may still be running a chunk
 
 
 def entry_point() -> None:

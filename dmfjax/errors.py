@@ -112,4 +112,15 @@ class JobFailed(DmfjaxError, RuntimeError):
 
 
 class Interrupted(DmfjaxError):
-  """SIGINT arrived: what finished is written."""
+  """The sweep stopped early: a signal (SIGINT, SIGTERM, SIGUSR1), its time
+  limit, or another process of its job that stopped. What finished is
+  committed and what was in flight checkpointed; the same command resumes.
+
+  Attributes:
+    reason: why: the signal's name, ``"time limit"``, or another process's
+      reason followed by ``(process k)``.
+  """
+
+  def __init__(self, reason: str = "SIGINT"):
+    super().__init__(f"stopped: {reason}")
+    self.reason = reason

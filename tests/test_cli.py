@@ -7,6 +7,7 @@ import pytest
 from sweep_helpers import ROOT, cli_env, write_spec
 
 from dmfjax import cli
+from dmfjax.sweep import supervisor
 from dmfjax import spec as spec_lib
 from dmfjax.spec import Spec, SpecError
 
@@ -155,7 +156,7 @@ def test_flagfile_gives_the_same_plan_as_the_command_line(tmp_path, capsys):
 def test_process_log_prefixes_each_line_with_the_process_index(caplog):
   """A ``--distributed`` process's messages go to absl logging, one record a
   line, prefixed ``[p<i>/<n>]``; partial lines wait for their end."""
-  stream = cli._ProcessLog(1, 4)
+  stream = supervisor.ProcessLog(1, 4)
   with caplog.at_level("INFO", logger="absl"):
     stream.write("[dmfjax] first\n[dmfjax] sec")
     stream.write("ond\n\n")

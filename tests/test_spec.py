@@ -201,3 +201,26 @@ def test_the_rating_scale(small_ratings_path):
     spec_lib.expand(Spec(rating_max=4, **ratings))
   with pytest.raises(RatingsFileError, match=r"rating 1 is outside the rating scale \[2, 5\]"):
     spec_lib.expand(Spec(variants=[{"rating_min": 2}], **ratings))
+
+
+def test_a_search_spec_takes_search_overrides_and_checks_them():
+  from dmfjax.spec import search as search_lib
+  base = spec_lib.SearchSpec(name="s", rank=2, search=spec_lib.Search(
+      field="n_obs", low=100, high=900, resolution=20, success="reconstruction_error < 1e-3"))
+  spec = spec_lib.apply_overrides(base, ["search.high=600", "search.scale=linear",
+                                         "n_rows=30", "n_cols=30"])
+  s = search_lib.check(spec)
+  assert (s.high, s.low, s.resolution, spec.n_rows) == (600, 100, 20, 30)
+  assert base.search.high == 900  # the spec itself is unchanged
+  with pytest.raises(SpecError, match=r"^search\.hgih: unknown key"):
+    search_lib.check(spec_lib.apply_overrides(base, ["search.hgih=600"]))
+  with pytest.raises(SpecError, match=r"^search\.high: must be > low"):
+    search_lib.check(spec_lib.apply_overrides(base, ["search.high=50"]))
+  with pytest.raises(SpecError, match=r"^--set: unknown spec field 'search\.high'"):
+    spec_lib.apply_overrides(Spec(), ["search.high=50"])  # not a search spec
+  # The shipped search specs are valid searches over valid runs.
+  from dmfjax.sweep import search as rounds
+  for name in ("threshold_depth", "threshold_rank", "phase_init_scale"):
+    shipped = spec_lib.load_spec(spec_lib.resolve(name))
+    assert isinstance(shipped, spec_lib.SearchSpec) and search_lib.check(shipped)
+    assert rounds.next_round(shipped, None).variants

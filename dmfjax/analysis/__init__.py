@@ -22,6 +22,7 @@ Modules:
 * ``plotting``        -- the figures' shared style
 * ``figures``         -- the paper's figures
 * ``training_plots``  -- figures over training steps: learning curves, singular values, alignment
+* ``recovery_thresholds`` -- a search's thresholds table, its figures and report section
 * ``report``, ``report_doc`` -- the report (Markdown and self-contained HTML)
 """
 
@@ -34,6 +35,9 @@ from dmfjax.analysis.dynamics import (
                                       tracked_vs_loss,
 )
 from dmfjax.analysis.report import write_report
+from dmfjax.analysis.recovery_thresholds import plot_phase_boundary, plot_threshold
+from dmfjax.analysis.recovery_thresholds import report_figures as threshold_figures
+from dmfjax.analysis.recovery_thresholds import thresholds
 from dmfjax.analysis.tables import (
                                       CONFIG_COLUMNS,
                                       SEED_COLUMNS,
@@ -70,6 +74,8 @@ __all__ = [
     # over training steps
     "singular_value_table", "alignment_table", "learning_curves", "half_target_steps",
     "tracked_vs_loss",
+    # recovery thresholds (a search's table and figures)
+    "thresholds", "plot_threshold", "plot_phase_boundary", "threshold_figures",
     # the report
     "write_report",
     # column groups

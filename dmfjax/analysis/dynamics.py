@@ -95,19 +95,29 @@ def learning_curves(trajectories: pd.DataFrame, metric: str = "step_train_loss",
   return pd.concat(frames, ignore_index=True)
 
 
-def half_target_steps(trajectories: pd.DataFrame, targets: Sequence[float]) -> pd.DataFrame:
-  """When each singular value is learned: the first logged step with sigma_i >= t_i / 2.
+def half_target_steps(trajectories: pd.DataFrame, targets: Sequence[float],
+                      source: str = "tracked_values") -> pd.DataFrame:
+  """When each target is learned: the first logged step with x_i >= t_i / 2.
 
   Incremental learning (Gissin et al. 2020; Arora et al. 2019, section 3):
   for depth >= 2 the steps grow with i, and their gaps with depth.
+  ``source``: 'tracked_values' (default, Gissin et al.'s figure): x_i is the
+  i-th tracked entry of W (``track_entries``, e.g. the diagonal
+  '0:0;1:1;2:2;3:3' of a diagonal W*), so each target keeps its own
+  direction; 'step_singular_values': x_i is the i-th largest singular value,
+  which relabels directions whenever two cross (a later entry overtaking an
+  earlier one is then hidden).
 
   Returns:
-    Columns run_id, index (1 = largest), target, step (NaN if never reached).
+    Columns run_id, index (1 = first target), target, step (NaN if never reached).
   """
+  if source not in ("tracked_values", "step_singular_values"):
+    raise ValueError(f"source: must be 'tracked_values' or 'step_singular_values', "
+                     f"got {source!r}")
   rows = []
   for run_id, run in trajectories.sort_values("step").groupby("run_id", sort=True):
-    values = np.array([np.asarray(v, float)[:len(targets)]
-                       for v in run["step_singular_values"]])
+    values = np.array([np.asarray(v, float)[:len(targets)] if v is not None else
+                       np.full(len(targets), np.nan) for v in run[source]])
     steps = run["step"].to_numpy()
     for i, target in enumerate(targets):
       reached = (np.nonzero(values[:, i] >= target / 2)[0]

@@ -1,4 +1,4 @@
-"""Report: every figure the results support, as PNG + SVG, report.md and report.html.
+"""Report: the study and every figure the results support: report.md, report.html, SVG + PNG.
 
     dmfjax report --results results/fig1 [--results DIR2 ...] \\
         --out results/report [--theory]
@@ -28,7 +28,9 @@ budget and diverged runs are counted in the tables and marked in the figures.
 When several settings compete for one figure (e.g. figure 1 from a sweep that
 also varies the init scale), the report fixes the others -- the smallest init
 scale, and the most common value of every other setting -- and says so under
-the figure. ``--theory`` appends the numerical checks of :mod:`dmfjax.core.theory`
+the figure. Before the figures: the study (specs, varying and fixed
+settings), provenance and the runs table (``report_study``); after them, links
+to the data files. ``--theory`` appends the numerical checks of :mod:`dmfjax.core.theory`
 (seconds on a CPU). Rendering (Markdown, self-contained HTML, no extra
 dependency) is in :mod:`dmfjax.analysis.report_doc`.
 """
@@ -43,7 +45,9 @@ import pandas as pd
 import dmfjax.analysis.dynamics as dynamics
 import dmfjax.analysis.figures as figures  # imports matplotlib only when it draws
 import dmfjax.analysis.report_doc as report_doc
+import dmfjax.analysis.report_study as report_study
 import dmfjax.analysis.tables as tables
+import dmfjax.analysis.recovery_thresholds as threshold_lib
 from dmfjax import results
 from dmfjax.results import storage
 
@@ -222,13 +226,17 @@ def _dynamics(rep: report_doc.Document, runs: pd.DataFrame, trajectories: pd.Dat
                            "lr", "seed", "steps", "status",
                            "reconstruction_error", "test_error")
                if c in chosen and chosen[c].notna().any()]
+    chosen = report_study.sort_runs(chosen)
     rep.table(chosen[columns])
     final = dynamics.singular_value_table(
         traj.sort_values("step").groupby("run_id").tail(1), top=10)
     if len(final):
       wide = final.pivot(index="run_id", columns="index", values="singular_value")
       wide.columns = [f"sigma_{c}" for c in wide.columns]
-      rep.add("Top singular values at the last logged step:")
+      wide = wide.reindex([i for i in chosen["run_id"] if i in wide.index])  # the order above
+      depth = dict(zip(chosen["run_id"], chosen["depth"]))
+      wide.insert(0, "depth", [depth[i] for i in wide.index])
+      rep.add("Top singular values at the last logged step (the runs in the order above):")
       rep.add()
       rep.table(wide.reset_index())
     aligned = traj[traj["alignment_diag"].notna()]
@@ -357,9 +365,10 @@ def write_report(results_dirs, out_dir, theory: bool = False,
                  recovery_threshold: float = 1e-3) -> Path:
   """Writes ``out_dir/report.md``, ``report.html`` and the figures.
 
-  Every figure is saved as ``NAME.png`` and ``NAME.svg``; report.md links the
-  PNGs, report.html holds the same text and tables with every figure inline
-  (base64 PNG) and loads nothing from elsewhere.
+  Every figure is saved as ``NAME.svg`` and ``NAME.png``; report.md shows the
+  SVGs, report.html holds the same text and tables with every figure inline
+  (SVG), a runs table that sorts and filters (inline script), and requests
+  nothing from elsewhere (``report_study``, ``report_doc``).
 
   Args:
     results_dirs: one results directory or a list of them (concatenated).
@@ -405,7 +414,13 @@ def write_report(results_dirs, out_dir, theory: bool = False,
   rep.add("Statistics over seeds are medians with min-max ranges; runs that "
           "hit their step budget and diverged runs are counted in every table "
           "and marked in the figures.")
+  rep.add("Contents: study and provenance, the runs table, the summary and figures, "
+          "the data files (links at the end).")
   rep.add()
+  manifests = [m for d in results_dirs for m in tables.load_manifests(d)]
+  report_study.study(rep, runs, manifests)
+  report_study.provenance(rep, runs, manifests)
+  report_study.runs_table(rep, runs)
   _depth_summary(rep, runs)
   _depth_figure(rep, runs)
   _figure1(rep, runs, recovery_threshold)
@@ -414,7 +429,9 @@ def write_report(results_dirs, out_dir, theory: bool = False,
   _learning(rep, runs, trajectories)
   _dynamics(rep, runs, trajectories)
   _phase(rep, runs, recovery_threshold)
+  threshold_lib.report_section(rep, results_dirs)
   if theory:
     _theory(rep)
+  report_study.data_files(rep, results_dirs, out_dir)
   return rep.write()
 

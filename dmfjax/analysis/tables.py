@@ -36,6 +36,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from dmfjax import fields, results
 from dmfjax.results import frames, storage
@@ -50,23 +51,27 @@ STAT_COLUMNS = ("mean", "std", "median", "min", "max", "count")
 # --------------------------------------------------------------------------
 # Loading.
 
-def _check_table(results_dir, table: str) -> None:
-  """Raises FileNotFoundError naming ``results_dir`` unless it holds ``table``
-  (a directory, or a URI: ``s3://bucket/prefix``, ...)."""
+def _check_table(results_dir, table: str) -> bool:
+  """Whether ``results_dir`` (a directory, or a URI: ``s3://bucket/prefix``,
+  ...) holds committed files of ``table``: False for a store with no commit
+  yet (a sweep's manifest or log, no rows: read as an empty table); raises
+  FileNotFoundError naming it when it is not a results store at all."""
   loc = storage.location(results_dir)
-  path = loc.path / table if loc.is_local else None
-  if not (path.exists() if loc.is_local else results.store_exists(loc)):
-    raise FileNotFoundError(
-        f"{loc.uri()}: no {table!r} table (expected parquet files under "
-        f"{loc.uri(table)}); is this a dmfjax results directory?")
-  if loc.is_local and path.is_dir() and not results.table_files(loc, table):
-    raise FileNotFoundError(f"{path}: the {table!r} table has no parquet files")
+  if results.store_exists(loc) or loc.exists(results.MANIFESTS):
+    return bool(results.committed_files(loc, table)) or (
+        loc.is_local and bool(results.table_files(loc, table)))
+  raise FileNotFoundError(
+      f"{loc.uri()}: no {table!r} table (expected parquet files under "
+      f"{loc.uri(table)}); is this a dmfjax results directory?")
 
 
 def _load(results_dirs, table, columns, filter_, run_ids=None):
-  for d in results_dirs:
-    _check_table(d, table)
-  return frames.load(results_dirs, table, columns, filter_, run_ids)
+  with_rows = [d for d in results_dirs if _check_table(d, table)]
+  if with_rows:
+    return frames.load(with_rows, table, columns, filter_, run_ids)
+  empty = results.SCHEMAS[table]
+  return empty.empty_table() if columns is None else pa.schema(
+      [empty.field(c) for c in columns]).empty_table()
 
 
 def load_manifests(results_dir) -> list[dict]:

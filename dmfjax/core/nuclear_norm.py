@@ -70,6 +70,7 @@ import jax.numpy as jnp
 from jax import lax
 
 import dmfjax.core.pytree as pytree
+import dmfjax.core.threads as threads
 import dmfjax.core.train as train
 from dmfjax.core.numerics import full_precision, matmul
 from dmfjax.core.problems import CompletionProblem, Problem, SensingProblem
@@ -339,7 +340,8 @@ def batched(cfg, shared_problem: bool = False):
   ``nn_max_iters`` are the solver's); each run solves the synthetic problem
   of its ``problem_seed``, or with ``shared_problem`` the problem passed as
   the second argument. The summary is ``train.summarize`` of the solution
-  (status RUNNING: the caller names it from ``result.converged``).
+  (status RUNNING: the caller names it from ``result.converged``). It runs
+  with BLAS limited to ``threads.BLAS_THREADS`` and returns ready results.
   """
   def one(hp, problem=None):
     if problem is None:
@@ -354,4 +356,4 @@ def batched(cfg, shared_problem: bool = False):
     with full_precision():
       return jax.vmap(one, in_axes=(0, None) if shared_problem else (0,))(*args)
   traced.__name__ = traced.__qualname__ = "nuclear_norm_solve"
-  return jax.jit(traced)
+  return threads.limited(jax.jit(traced))  # BLAS threads: see core.threads

@@ -44,6 +44,7 @@ import dmfjax.core.models as models
 import dmfjax.core.optimizers as optimizers
 import dmfjax.core.problems as problems
 import dmfjax.core.pytree as pytree
+import dmfjax.core.threads as threads
 from dmfjax import fields
 from dmfjax.core.numerics import full_precision, resolve_dtype
 
@@ -399,7 +400,8 @@ def batched(cfg: RunConfig, num_logs: int, shared_problem: bool = False):
   Returns a namespace with ``init(hp[, problem])`` (``problem`` broadcast to
   every run when ``shared_problem``), ``advance(state)`` (donates ``state``),
   ``first_log(state)`` and ``finalize(state)``. Every function traces under
-  full float32 matmul precision.
+  full float32 matmul precision, runs with BLAS limited to
+  ``threads.BLAS_THREADS`` threads and returns ready results.
   """
 
   def traced(fn, name):
@@ -418,7 +420,9 @@ def batched(cfg: RunConfig, num_logs: int, shared_problem: bool = False):
   batched_log = jax.jit(traced(jax.vmap(functools.partial(log_record, cfg)), "dmf_log"))
   batched_finalize = jax.jit(traced(jax.vmap(functools.partial(finalize, cfg)),
                                     "dmf_finalize"))
-  return _Batched(batched_init, batched_advance, batched_log, batched_finalize)
+  # BLAS threads (the metrics' SVDs) held at threads.BLAS_THREADS while each runs.
+  return _Batched(*map(threads.limited, (batched_init, batched_advance, batched_log,
+                                         batched_finalize)))
 
 
 @dataclasses.dataclass(frozen=True)

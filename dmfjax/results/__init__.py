@@ -7,6 +7,8 @@ Layout under the output directory ``OUT``::
     OUT/manifests/<invocation>.json   one per invocation (sweep, compact); never overwritten
     OUT/_log/                         the transaction log (``txlog``)
     OUT/_staging/<writer>/            files being written, not yet committed
+    OUT/checkpoints/<writer>/         runs in flight of a stopped or killed sweep (``checkpoints``)
+    OUT/thresholds/<sweep>.parquet    a search's thresholds table (derived; ``sweep.search``)
     OUT/_quarantine/                  corrupt or foreign files moved aside, and why
     OUT/_locks/                       writer, commit and compaction locks (``locks``)
 
@@ -49,6 +51,8 @@ Modules:
 * ``recovery``    -- at the start of a sweep: roll forward, quarantine, re-run
 * ``verify``      -- ``dmfjax verify OUT``: what recovery would do, changing nothing
 * ``compaction``  -- many small files into few large ones, atomically
+* ``checkpoints`` -- the training state of runs in flight, for a stopped sweep to continue
+* ``status``      -- ``dmfjax status OUT``: how far along a sweep is, from the store alone
 * ``locks``, ``leases`` -- one writer per shard: file locks, object-store leases
 * ``provenance``  -- versions, git commit, host, time; who holds a lock
 * ``storage``     -- where the store lives: a directory or a ``pyarrow.fs`` URI
@@ -100,6 +104,8 @@ from dmfjax.results.schema import (
                             STEP_COLUMNS,
                             STEP_METRICS,
                             TRAJECTORIES,
+                            THRESHOLDS,
+                            THRESHOLDS_SCHEMA,
                             TRAJECTORIES_SCHEMA,
                             V1_TRAJECTORY_NAMES,
                             VERSION_KEY,
@@ -124,6 +130,7 @@ __all__ = [
     "verify", "Report", "Problem",
     # the schema
     "RUNS", "TRAJECTORIES", "RUNS_SCHEMA", "TRAJECTORIES_SCHEMA", "SCHEMAS", "SCHEMA_VERSION",
+    "THRESHOLDS", "THRESHOLDS_SCHEMA",
     "READABLE_VERSIONS", "IDENTITY_COLUMNS", "CONFIG_COLUMNS", "RESULT_COLUMNS",
     "PROVENANCE_COLUMNS", "COMMIT_COLUMNS", "STEP_METRICS", "STEP_COLUMNS",
     "V1_TRAJECTORY_NAMES", "SORT_KEYS", "VERSION_KEY", "FILE_METADATA",

@@ -64,6 +64,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+import dmfjax.results.checkpoints as checkpoints
 import dmfjax.results.locks as locks
 import dmfjax.results.reading as reading
 import dmfjax.results.schema as schema
@@ -293,6 +294,10 @@ def compact(out, target_bytes: int = TARGET_FILE_BYTES, invocation: str | None =
     # committed files that recovery rolls forward (it removes them otherwise).
     loc.delete_tree(work)
     figures["files_after"] = sum(len(reading.table_files(loc, t)) for t in (RUNS, TRAJECTORIES))
+    # Checkpoints of runs now committed are obsolete (after the swap: a run's
+    # checkpoint goes only once its rows are in committed files).
+    figures["checkpoints"] = checkpoints.remove_obsolete(
+        loc, lambda: reading.finished_run_ids(loc))
     figures["seconds"] = time.perf_counter() - t0
     return figures
   finally:

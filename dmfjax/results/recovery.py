@@ -67,7 +67,7 @@ import dmfjax.results.txlog as txlog
 from dmfjax.results.schema import QUARANTINE, RUNS, STAGING, TRAJECTORIES
 from dmfjax.results.survey import TABLES, Finding, survey
 
-STALE_TMP_S = 600  # a temporary file this old was left by a killed writer
+STALE_TMP_S = storage.STALE_TMP_S
 
 
 def _quarantine(loc: storage.Location, key: str, table: str, reason: str,

@@ -64,6 +64,27 @@ TRAJECTORIES_SCHEMA = pa.schema([
 ])
 
 SCHEMAS = {RUNS: RUNS_SCHEMA, TRAJECTORIES: TRAJECTORIES_SCHEMA}
+
+# The thresholds table (``OUT/thresholds/<sweep>.parquet``, one file per
+# search, rewritten whole after each round; derived from the runs, so outside
+# the commit log): one row per grid point of a search (``sweep.search``),
+# its configuration (the run-field columns but the seeds; the searched field
+# null), where P(success) crosses ``probability`` and what it cost.
+THRESHOLDS = "thresholds"
+THRESHOLDS_VERSION = 1
+THRESHOLDS_VERSION_KEY = b"dmfjax_thresholds_version"
+THRESHOLD_COLUMNS = [
+    ("sweep", _str), ("point_id", _str),
+    *[(n, t) for n, t in CONFIG_COLUMNS if n not in fields.SEED_COLUMNS],
+    ("searched", _str), ("success", _str), ("probability", _f64), ("resolution", _f64),
+    ("scale", _str), ("outcome", _str), ("estimate", _f64), ("lower", _f64), ("upper", _f64),
+    ("transition_lower", _f64), ("transition_upper", _f64),
+    ("rounds", _i64), ("runs", _i64), ("run_steps", _i64),
+    ("tried_values", pa.list_(_f64)), ("tried_successes", pa.list_(_i64)),
+    ("tried_runs", pa.list_(_i64)),
+]
+THRESHOLDS_SCHEMA = pa.schema(THRESHOLD_COLUMNS, metadata={
+    THRESHOLDS_VERSION_KEY: str(THRESHOLDS_VERSION).encode()})
 SORT_KEYS = {RUNS: [("run_id", "ascending")],
              TRAJECTORIES: [("run_id", "ascending"), ("step", "ascending")]}
 VERSION_KEY = b"dmfjax_schema_version"

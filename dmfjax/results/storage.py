@@ -41,6 +41,7 @@ import pyarrow.fs as pafs
 
 from dmfjax import checksums
 
+STALE_TMP_S = 600  # a temporary file (``put``) this old was left by a killed writer
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _CAUSES = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
            errno.EROFS: "read-only file system", errno.EACCES: "permission denied",

@@ -53,9 +53,10 @@ from dmfjax.spec.expansion import (
                                     run_id,
                                     validate_run,
 )
+from dmfjax.spec.search import Search, SearchSpec
 
 __all__ = [
-    "Spec", "SpecError", "load_spec", "apply_overrides", "parse_value",
+    "Spec", "SearchSpec", "Search", "SpecError", "load_spec", "apply_overrides", "parse_value",
     "expand", "validate_run", "canonical", "run_id",
     "shipped", "resolve", "summary",
     "GRID_FIELDS", "SPEC_FIELDS", "METHODS", "MAX_RUNS", "MAX_STEPS", "SEED_LIMIT",

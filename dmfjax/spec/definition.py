@@ -118,18 +118,26 @@ def apply_overrides(spec: Spec, overrides: list[str]) -> Spec:
   ``seeds=5`` means seeds 0..4 and ``seeds=[5]`` (or ``seeds=5,6``) the
   seeds themselves; ``variants=[{'depth': 2}, {'lr': 1e-2}]`` replaces the
   variants. An override wins over the variants: the fields it sets are
-  dropped from every variant.
+  dropped from every variant. ``search.KEY=VALUE`` (``search.high=600``)
+  changes a key of a search spec's search (``dmfjax.spec.search``).
   """
-  changes = {}
+  changes, search = {}, {}
   for item in overrides:
     if "=" not in item:
       raise SpecError(f"--set: expected field=value, got {item!r}")
     name, text = item.split("=", 1)
     name = name.strip()
+    if name.startswith("search.") and getattr(spec, "search", None) is not None:
+      search[name[len("search."):]] = parse_value(text)  # checked by spec.search.check
+      continue
     if name not in SPEC_FIELDS:
       raise SpecError(f"--set: unknown spec field {name!r}; known fields: "
                       f"{', '.join(SPEC_FIELDS)}")
     changes[name] = _typed_override(name, text)
+  if search:  # a search spec's search.KEY=VALUE: the search as a dict, changed
+    given = spec.search
+    given = dataclasses.asdict(given) if dataclasses.is_dataclass(given) else dict(given)
+    changes["search"] = dict(given, **search)
   spec = spec.replace(**changes)
   if spec.variants and variants_error(spec.variants) is None:
     spec = spec.replace(variants=[{k: v for k, v in var.items() if k not in changes}

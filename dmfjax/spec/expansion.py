@@ -297,6 +297,9 @@ class _SeedIds:
 
 
 def _check_sweep_fields(spec: Spec) -> None:
+  if getattr(spec, "search", None) is not None:
+    raise SpecError("search: a search spec runs in rounds, each an ordinary sweep: "
+                    "`dmfjax sweep`, or dmfjax.sweep.run_search(spec, out)")
   for name in ("chunk_steps", "max_batch"):
     value = getattr(spec, name)
     if not _is_int(value) or value < 1:

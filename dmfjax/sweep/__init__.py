@@ -12,9 +12,12 @@ modules; never ``dmfjax.analysis`` or the command line.
 Modules:
 
 * ``run``          -- ``run_sweep``: plan, execute, write, report
+* ``search``       -- ``run_search``: a recovery-threshold search, in rounds of sweeps
 * ``planner``      -- compiled groups, memory estimate, batch sizes, ``--dry_run``
 * ``batching``     -- padded and bucket sizes, ``repack`` (pure functions)
-* ``executor``     -- runs batches, sharded over local devices, and commits them
+* ``executor``     -- runs batches, sharded over local devices, commits and checkpoints them
+* ``stopping``     -- signals, time limits, and stopping every process of a sweep together
+* ``supervisor``   -- a supervisor per ``--distributed`` process; their logs
 * ``rows``         -- table rows from kernel outputs; the provenance stamp
 * ``progress``     -- the progress line and its ETA
 * ``workers``      -- single-threaded worker processes, one per core
@@ -32,14 +35,17 @@ from dmfjax.sweep import (
                           planner,
                           progress,
                           rows,
+                          stopping,
+                          supervisor,
                           workers,
 )
 from dmfjax.sweep.planner import Plan, describe, plan
 from dmfjax.sweep.run import check_backends, run_sweep
+from dmfjax.sweep.search import run_search
 
 __all__ = [
-    "run_sweep", "plan", "describe", "Plan", "check_backends",
+    "run_sweep", "run_search", "plan", "describe", "Plan", "check_backends",
     "Interrupted", "JobFailed", "WorkerError",
     "batching", "compile_cache", "executor", "multihost", "planner", "progress", "rows",
-    "workers",
+    "stopping", "supervisor", "workers",
 ]

@@ -14,12 +14,23 @@ start a fresh JAX) use the same cache. The default directory is
 
 Cache entries are keyed by the program, the backend, the jaxlib version and
 the XLA flags, so a stale entry is never used for another program.
+
+Every process writes. JAX writes cache entries from process 0 of a
+``jax.distributed`` job only (``jax._src.compiler._cache_write``, against
+write contention on object stores). A ``--distributed`` sweep runs its
+batches on each process's local devices, whose programs are keyed by those
+devices: process 1's programs are never process 0's, so process 1 compiled
+every program again in every job (benchmarks/RESULTS.md). :func:`enable`
+therefore lets every process write its own entries
+(:func:`_write_from_every_process`); entries are files named by their key,
+and the processes of a job write different keys.
 """
 
 from __future__ import annotations
 
 import os
 import pathlib
+import threading
 from typing import Optional
 
 import jax
@@ -55,6 +66,44 @@ def enable(directory: Optional[str] = None) -> Optional[pathlib.Path]:
   jax.config.update("jax_enable_compilation_cache", True)
   jax.config.update("jax_compilation_cache_dir", str(path))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  _write_from_every_process()
   os.environ.update({_ENV_DIR: str(path), _ENV_MIN_SECONDS: "0",
                      "JAX_ENABLE_COMPILATION_CACHE": "true"})
   return path
+
+
+_swap = threading.Lock()
+
+
+def _write_from_every_process() -> bool:
+  """Makes JAX write cache entries from any process of a job (idempotent).
+
+  Wraps ``jax._src.compiler._cache_write``, which returns without writing
+  unless ``distributed.global_state.process_id`` is 0: the wrapper presents
+  process id 0 for the duration of the write (nothing else reads it during a
+  compile). Returns False, changing nothing, if this JAX lacks either name.
+  """
+  try:
+    from jax._src import compiler, distributed
+  except ImportError:
+    return False
+  original = getattr(compiler, "_cache_write", None)
+  state = getattr(distributed, "global_state", None)
+  if original is None or not hasattr(state, "process_id"):
+    return False
+  if getattr(original, "dmfjax_every_process", False):
+    return True
+
+  def cache_write(*args, **kwargs):
+    if state.process_id == 0:
+      return original(*args, **kwargs)
+    with _swap:
+      process_id, state.process_id = state.process_id, 0
+      try:
+        return original(*args, **kwargs)
+      finally:
+        state.process_id = process_id
+
+  cache_write.dmfjax_every_process = True
+  compiler._cache_write = cache_write
+  return True

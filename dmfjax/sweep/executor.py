@@ -24,8 +24,11 @@ is handed; a batch's results do not depend on which worker runs it or when.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-import signal
+import time
+import uuid
+from typing import Optional
 
 import jax
 import numpy as np
@@ -33,13 +36,17 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 import dmfjax.sweep.batching as batching
 import dmfjax.sweep.rows as rows
+import dmfjax.sweep.stopping as stopping
 import dmfjax.sweep.workers as workers_lib
 from dmfjax import fields, results
 from dmfjax.core import datafiles, nuclear_norm, numerics, sparse, train
 from dmfjax.errors import DataFileError, Interrupted, WorkerError
+from dmfjax.results import checkpoints as checkpoints_lib
 from dmfjax.results import provenance
 from dmfjax.sweep.planner import Group, Plan
 from dmfjax.sweep.progress import ForwardedProgress, Progress
+
+DEFAULT_CHECKPOINT_EVERY_S = 60.0  # benchmarks/preemption.py: its cost
 
 
 def _shared_problem(run: dict):
@@ -66,6 +73,13 @@ def _hyperparams(batch: list, slots: list, dtype):
   return train.Hyperparams.make(dtype=dtype, **values)
 
 
+def _dynamic(state: train.RunState) -> tuple:
+  """What of a run's state a checkpoint holds: what training changes. The
+  rest (its problem and hyperparameters) is rebuilt from the run's fields."""
+  return (state.factors, state.opt_state, state.step, state.status, state.loss,
+          state.initial_loss)
+
+
 @jax.jit
 def _gather(tree, index):
   """``x[index]`` for every leaf: one compiled program per batch size (eager
@@ -74,21 +88,43 @@ def _gather(tree, index):
 
 
 class Executor:
-  """Runs batches of a plan and commits their results (in one process)."""
+  """Runs batches of a plan and commits their results (in one process).
+
+  ``stopper`` (``stopping.Stopper``): read after every chunk; once it asks
+  to stop, the batch commits what finished, checkpoints what is in flight
+  and ends, and no new batch starts. ``checkpoints``
+  (``results.checkpoints.Checkpoints``, None for none): where a batch looks
+  for the runs it continues, and where runs in flight are saved every
+  ``checkpoint_every`` seconds and at a stop (None: never saved).
+  """
 
   def __init__(self, plan: Plan, writer: results.Writer, progress: Progress,
-               repack: bool = True):
+               repack: bool = True, stopper: Optional[stopping.Stopper] = None,
+               checkpoints: Optional[checkpoints_lib.Checkpoints] = None,
+               checkpoint_every: Optional[float] = DEFAULT_CHECKPOINT_EVERY_S):
     self.plan, self.writer, self.progress, self.repack = plan, writer, progress, repack
     devices = jax.local_devices()[:plan.num_devices]
     self.sharding = NamedSharding(Mesh(np.array(devices), ("runs",)), PartitionSpec("runs"))
-    self.stop_requested = False
+    self.stopper = stopper if stopper is not None else stopping.Stopper()
+    self.checkpoints, self.checkpoint_every = checkpoints, checkpoint_every
+    self.checkpoint_stats = dict(saves=0, runs=0, bytes=0, seconds=0.0, restored_runs=0,
+                                 restored_steps=0)
+
+  @property
+  def stop_requested(self) -> bool:
+    return self.stopper.requested
+
+  @stop_requested.setter
+  def stop_requested(self, value: bool) -> None:
+    if value:
+      self.stopper.request("SIGINT")
 
   def _put(self, tree):
     return jax.device_put(tree, self.sharding)
 
   def check_interrupt(self):
     if self.stop_requested:
-      raise Interrupted()
+      raise Interrupted(self.stopper.reason)
 
   def run_batch(self, g: Group, batch: list):
     with numerics.scope(g.config.dtype):
@@ -107,7 +143,7 @@ class Executor:
 
   def _run_dmf_batch(self, g: Group, batch: list):
     cfg = g.config
-    num_logs = max(1, math.ceil(self.plan.chunk_steps / cfg.log_every))
+    num_logs = g.num_logs or max(1, math.ceil(self.plan.chunk_steps / cfg.log_every))
     chunk = num_logs * cfg.log_every
     problem = sparse.maybe_sparse(_shared_problem(batch[0]), cfg)
     fns = train.batched(cfg, num_logs, shared_problem=problem is not None)
@@ -119,6 +155,10 @@ class Executor:
     state = fns.init(hp, problem) if problem is not None else fns.init(hp)
     trajectories = {i: [] for i in range(len(batch))}
     last_step = {i: -1 for i in range(len(batch))}
+    restored = {i: 0 for i in range(len(batch))}  # steps a run had before this batch
+    state = self._restore(state, batch, slots, trajectories, last_step, restored)
+    key = f"{uuid.uuid4().hex[:12]}"  # this batch's checkpoints
+    saved_at = time.monotonic()
 
     def record(logs):
       for s, i in enumerate(slots):
@@ -132,8 +172,10 @@ class Executor:
     record(jax.tree_util.tree_map(lambda x: np.asarray(x)[None], first))
     self.progress.update(label=g.label, force=True)
     while True:
+      t0 = time.monotonic()
       state, logs = fns.advance(state)
       logs = jax.device_get(logs)
+      self.stopper.chunk_done(time.monotonic() - t0)
       record(logs)
       self.progress.update(executed=size * chunk, label=g.label)
       decision = batching.repack(slots, logs.status[-1], logs.step[-1], max_steps,
@@ -141,10 +183,20 @@ class Executor:
                                  stop=self.stop_requested)
       if decision.done:
         summary = jax.device_get(fns.finalize(state))
+        done = [slots[s] for s in decision.done]
         self._commit([rows.run_row(batch[slots[s]], summary, s, started_at=started)
                       for s in decision.done],
-                     [row for s in decision.done for row in trajectories.pop(slots[s])])
+                     [row for i in done for row in trajectories.pop(i)],
+                     useful=sum(int(summary.step[s]) - restored[slots[s]]
+                                for s in decision.done))
+      flying = [s for s, i in enumerate(slots) if i is not None and s not in decision.done]
+      if (self.checkpoints is not None and self.checkpoint_every is not None and flying
+          and (self.stop_requested or time.monotonic() - saved_at >= self.checkpoint_every)):
+        self._checkpoint(key, state, batch, slots, flying, trajectories)
+        saved_at = time.monotonic()
       if decision.ends:
+        if not flying and self.checkpoints is not None:
+          self.checkpoints.discard(key)  # every run of the batch is committed
         return
       if decision.take is not None:
         take = np.asarray(decision.take)
@@ -152,10 +204,52 @@ class Executor:
         max_steps = [max_steps[s] for s in decision.take]
         slots, size = list(decision.slots), len(decision.slots)
 
-  def _commit(self, run_rows: list, trajectory_rows: list):
+  def _restore(self, state, batch, slots, trajectories, last_step, restored):
+    """Continues each run of the batch that has a checkpoint from it: its
+    training state, logged rows and step (``results.checkpoints``)."""
+    if self.checkpoints is None:
+      return state
+    leaves, treedef = jax.tree_util.tree_flatten(_dynamic(state))
+    layout = checkpoints_lib.layout_of(x[0] for x in leaves)
+    found = self.checkpoints.load([r["run_id"] for r in batch], layout)
+    if not found:
+      return state
+    host = [np.array(x) for x in jax.device_get(leaves)]
+    for s, i in enumerate(slots):
+      saved = found.get(batch[i]["run_id"]) if i is not None else None
+      if saved is None:
+        continue
+      for array, value in zip(host, saved.arrays):
+        array[s] = value
+      trajectories[i] = list(saved.trajectory)
+      last_step[i] = trajectories[i][-1]["step"] if trajectories[i] else -1
+      restored[i] = int(saved.step)
+    self.checkpoint_stats["restored_runs"] += len(found)
+    self.checkpoint_stats["restored_steps"] += sum(s.step for s in found.values())
+    factors, opt_state, step, status, loss, initial_loss = jax.tree_util.tree_unflatten(
+        treedef, host)
+    return self._put(dataclasses.replace(state, factors=factors, opt_state=opt_state,
+                                         step=step, status=status, loss=loss,
+                                         initial_loss=initial_loss))
+
+  def _checkpoint(self, key, state, batch, slots, flying, trajectories) -> None:
+    """Saves the runs of ``flying`` slots: their state and logged rows."""
+    t0 = time.perf_counter()
+    leaves = [np.asarray(x) for x in jax.device_get(jax.tree_util.tree_leaves(
+        _dynamic(state)))]
+    step = np.asarray(jax.device_get(state.step))
+    saved = [checkpoints_lib.Saved(batch[slots[s]]["run_id"], int(step[s]),
+                                   [x[s] for x in leaves], trajectories[slots[s]])
+             for s in flying]
+    size = self.checkpoints.save(key, saved, checkpoints_lib.layout_of(x[0] for x in leaves))
+    stats = self.checkpoint_stats
+    stats.update(saves=stats["saves"] + 1, runs=stats["runs"] + len(saved),
+                 bytes=stats["bytes"] + size,
+                 seconds=stats["seconds"] + time.perf_counter() - t0)
+
+  def _commit(self, run_rows: list, trajectory_rows: list, useful: int):
     self.writer.write(run_rows, trajectory_rows)
-    self.progress.update(useful=sum(r["steps"] for r in run_rows), done=len(run_rows),
-                         force=True)
+    self.progress.update(useful=useful, done=len(run_rows), force=True)
 
   def _run_nuclear_norm_batch(self, g: Group, batch: list):
     cfg = g.config
@@ -179,51 +273,84 @@ class Executor:
 
 
 _INPUT_ERROR = "input_error"  # a worker's event: a DataFileError's message
+_STOPPED = "stopped"  # a worker's event: it stopped early, and why (a time limit)
+_CHECKPOINTS = "checkpoints"  # a worker's event: its checkpoint figures
+
+
+@dataclasses.dataclass(frozen=True)
+class Checkpointing:
+  """How runs in flight are checkpointed and when the sweep must stop: what
+  every process of a sweep (worker, Ray task) needs to make its own
+  ``Executor``'s stopper and checkpoints."""
+  out: Optional[str]  # None: no checkpoints at all
+  every_s: Optional[float] = DEFAULT_CHECKPOINT_EVERY_S  # None: continue from, never write
+  deadline: Optional[float] = None  # stopping.deadline
+
+  def make(self, tag: str) -> tuple:
+    """(stopper, checkpoints) for a process writing as ``tag``."""
+    return (stopping.Stopper(self.deadline),
+            checkpoints_lib.Checkpoints(self.out, tag) if self.out is not None else None)
 
 
 def _worker(index: int, next_task, emit, plan: Plan, out: str, tag: str, repack: bool,
-            stamp: dict, invocation_id: str):
+            stamp: dict, invocation_id: str, checkpointing: Checkpointing):
   """A worker process: runs the batches it is handed, commits their runs.
 
   It writes under the sweep process's shard lock (it dies with that process).
+  SIGINT (the sweep process passes its stop on as one), SIGTERM and SIGUSR1
+  (a scheduler that signals every process) stop it as they stop a sweep
+  (``stopping``); so does the time limit, which it reports.
   """
   progress = ForwardedProgress(emit)
   writer = results.Writer(out, tag=f"{tag}-w{index}", stamp=stamp,
                           invocation_id=invocation_id)
-  executor = Executor(plan, writer, progress, repack=repack)
-
-  def on_sigint(signum, frame):
-    executor.stop_requested = True  # finish the chunk, write, stop
-
-  signal.signal(signal.SIGINT, on_sigint)
+  stopper, checkpoints = checkpointing.make(writer.tag)
+  executor = Executor(plan, writer, progress, repack=repack, stopper=stopper,
+                      checkpoints=checkpoints, checkpoint_every=checkpointing.every_s)
+  stopper.install()
   jax.monitoring.register_event_duration_secs_listener(progress.on_event_duration)
   jax.monitoring.register_event_listener(progress.on_event)
   batches = plan.batches()
-  while not executor.stop_requested:
-    k = next_task()
-    if k is None:
-      return
-    try:
-      executor.run_batch(*batches[k])
-    except DataFileError as e:  # bad input, not a crash: the sweep process raises it
-      emit(_INPUT_ERROR, str(e))
-      return
+  try:
+    while not executor.stop_requested:
+      k = next_task()
+      if k is None:
+        return
+      try:
+        executor.run_batch(*batches[k])
+      except DataFileError as e:  # bad input, not a crash: the sweep process raises it
+        emit(_INPUT_ERROR, str(e))
+        return
+    emit(_STOPPED, stopper.reason)
+  finally:
+    emit(_CHECKPOINTS, dict(executor.checkpoint_stats, longest_chunk=stopper.longest_chunk))
 
 
-def execute_in_workers(executor: Executor, out, tag: str, order=None):
+def execute_in_workers(executor: Executor, out, tag: str, order=None,
+                       checkpointing: Optional[Checkpointing] = None):
   """Runs the plan's batches on ``plan.workers`` worker processes.
 
   ``order``: as in :meth:`Executor.execute`. They commit with the executor's
-  writer's provenance and invocation id. A worker that finds a data file
-  changed since planning (DataFileError) reports it; the others stop after
-  their current chunk (what finished is written) and it is raised here.
+  writer's provenance and invocation id, and checkpoint as ``checkpointing``
+  says. A worker that finds a data file changed since planning
+  (DataFileError) reports it; the others stop after their current chunk
+  (what finished is written) and it is raised here. A worker that stops for
+  the time limit stops the others the same way.
   """
   p, progress = executor.plan, executor.progress
   input_errors: list[str] = []
+  checkpointing = checkpointing or Checkpointing(None)
 
   def on_event(kind, index, payload):
     if kind == _INPUT_ERROR:
       input_errors.append(payload)  # the other workers stop after their chunk
+    elif kind == _STOPPED:
+      executor.stopper.request(payload)
+    elif kind == _CHECKPOINTS:
+      stopper = executor.stopper
+      stopper.longest_chunk = max(stopper.longest_chunk, payload.pop("longest_chunk"))
+      for name, value in payload.items():
+        executor.checkpoint_stats[name] += value
     else:
       progress.apply(kind, payload)
 
@@ -231,7 +358,7 @@ def execute_in_workers(executor: Executor, out, tag: str, order=None):
   try:
     workers_lib.run(min(p.workers, num_batches), num_batches if order is None else order,
                     _worker, (p, str(out), tag, executor.repack, executor.writer.stamp,
-                              executor.writer.invocation_id), on_event,
+                              executor.writer.invocation_id, checkpointing), on_event,
                     stop_requested=lambda: executor.stop_requested or bool(input_errors),
                     env=workers_lib.single_thread_environment())
   except WorkerError as e:

@@ -8,6 +8,9 @@
 3. Each group is cut into batches that fit the memory budget
    (:func:`bytes_per_run`), at least one per worker process, and on a CPU at
    most a cache-sized working set each (:data:`CPU_BATCH_BYTES`).
+4. Each factorization group gets its chunk length (:func:`plan_chunks`): its
+   longest budget cut into equal chunks of at most the spec's
+   ``chunk_steps``, so that a short sweep executes no more steps than it needs.
 
 Nothing here compiles or runs JAX code; :func:`describe` is the ``--dry_run``
 text.
@@ -29,7 +32,7 @@ from dmfjax import spec as spec_lib
 from dmfjax.core import datafiles, models, optimizers, train
 from dmfjax.errors import FlagError, ResourceError
 from dmfjax.fields import STATIC_FIELDS
-from dmfjax.sweep.batching import padded
+from dmfjax.sweep.batching import chunk_periods, padded
 
 _N_OBS, _MAX_STEPS = operator.itemgetter("n_obs"), operator.itemgetter("max_steps")
 
@@ -44,12 +47,15 @@ class Group:
     runs: the run dicts, sorted by run_id.
     per_run_bytes: the memory estimate of one run in a batch.
     batch_size: runs per batch (the last batch may hold fewer).
+    num_logs: log periods per chunk (:func:`plan_chunks`; 0: the executor
+      derives it from the plan's ``chunk_steps``).
   """
   config: train.RunConfig
   key: tuple
   runs: list
   per_run_bytes: int
   batch_size: int = 0
+  num_logs: int = 0
 
   @property
   def method(self) -> str:
@@ -287,9 +293,29 @@ def plan(spec: spec_lib.Spec, out, num_shards: int = 1, shard_index: int = 0,
     if cpu:
       cap = min(cap, cpu_batch_cap(g.per_run_bytes) * num_devices)
     g.batch_size = min(cap, math.ceil(len(g.runs) / max(workers, split or 1)))
+    plan_chunks(g, spec.chunk_steps)
   return Plan(runs=runs, todo=todo, groups=list(groups.values()), finished=finished,
               num_devices=num_devices, memory_budget=memory_budget, problems=problems,
               workers=workers, chunk_steps=spec.chunk_steps)
+
+
+def plan_chunks(g: Group, chunk_steps: int) -> None:
+  """Sets a factorization group's chunk: ``num_logs`` periods of ``log_every``.
+
+  The chunk is ``batching.chunk_periods`` of the group's longest budget B
+  (a run never takes more than B steps): equal chunks of at most
+  ``chunk_steps`` steps covering B. When B < ``log_every`` the group's config
+  logs every B steps instead: its runs log the same rows (step 0 and the
+  step they stopped at, a stopped run's state is frozen) and a chunk is B
+  steps, not ``log_every``. Chunk lengths differ only between groups, which
+  compile their own programs anyway.
+  """
+  if g.method != "dmf":
+    return
+  budget = max(map(_MAX_STEPS, g.runs))
+  if budget < g.config.log_every:
+    g.config = dataclasses.replace(g.config, log_every=budget)
+  g.num_logs, _ = chunk_periods(budget, g.config.log_every, chunk_steps)
 
 
 def describe(p: Plan, spec: spec_lib.Spec) -> str:
@@ -304,9 +330,11 @@ def describe(p: Plan, spec: spec_lib.Spec) -> str:
     size = padded(g.batch_size, p.num_devices)
     total += g.max_run_steps
     programs += g.program_count(p.num_devices)
+    chunk = (f", chunks of {g.num_logs * g.config.log_every:,} steps"
+             if g.method == "dmf" and g.num_logs else "")
     lines.append(f"  [{g.label}] {len(g.runs)} runs, {batches} batch(es) of <= {size}, "
-                 f"<= {g.max_run_steps:,} run-steps, ~{size * g.per_run_bytes / 2**20:,.0f} MiB"
-                 " per batch")
+                 f"<= {g.max_run_steps:,} run-steps{chunk}, "
+                 f"~{size * g.per_run_bytes / 2**20:,.0f} MiB per batch")
   lines.append(f"  at most {total:,} run-steps in all (runs stop earlier at stop_loss); "
                f"at most {programs} kernel programs to compile (once per machine: "
                "worker processes share them through the compilation cache; XLA also "

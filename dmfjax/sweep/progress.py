@@ -18,17 +18,76 @@ rate of run-steps per second.
 
 In a worker process, :class:`ForwardedProgress` sends every update to the
 parent's :class:`Progress` instead.
+
+Status. :meth:`Progress.start_heartbeat` rewrites the process's heartbeat
+record in the store (``results.status``: runs done, rates, ETA, the group
+being run) every ``results.status.HEARTBEAT_S`` seconds from a daemon thread,
+so that ``dmfjax status OUT`` sees it alive while it compiles or runs a long
+chunk; :func:`plan_groups` is what the manifest records of the plan.
 """
 
 from __future__ import annotations
 
+import os
+import socket
 import sys
+import threading
 import time
+
+from dmfjax.results import provenance
+from dmfjax.results import status as store_status
 
 COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 # COMPILE_EVENT times every program built, compiled or loaded from the
 # persistent cache; CACHE_HIT_EVENT counts the loaded ones.
 CACHE_HIT_EVENT = "/jax/compilation_cache/cache_hits"
+
+
+def plan_groups(plan) -> list[dict]:
+  """The plan's compiled groups as the manifest records them: label and run ids
+  (``results.status`` counts each group's runs done and to do from these)."""
+  return [dict(label=g.label, run_ids=[r["run_id"] for r in g.runs]) for g in plan.groups]
+
+
+class Heartbeat:
+  """Rewrites ``progress``'s heartbeat record under ``out`` every ``every_s``
+  seconds (a daemon thread; a failed write is retried at the next beat)."""
+
+  def __init__(self, progress: "Progress", out, invocation_id: str, writer: str,
+               every_s: float = store_status.HEARTBEAT_S):
+    self.progress, self.out, self.invocation_id = progress, out, invocation_id
+    self.writer, self.every_s = writer, every_s
+    self.stopped = threading.Event()
+    self.thread = threading.Thread(target=self._loop, name="dmfjax-heartbeat", daemon=True)
+
+  def record(self) -> dict:
+    p = self.progress
+    return dict(time=provenance.iso(provenance.utc_now()), host=socket.gethostname(),
+                pid=os.getpid(), writer=self.writer, runs_done=p.done, runs_total=p.total,
+                executed_run_steps=p.executed, useful_run_steps=p.useful,
+                run_steps_per_s=p.executed / p.elapsed if p.elapsed > 0 else 0.0,
+                eta_s=p.eta_seconds(), group=p.label, compilations=p.compilations)
+
+  def beat(self) -> None:
+    try:
+      store_status.write_heartbeat(self.out, self.invocation_id, self.record())
+    except OSError:
+      pass  # the store is unreachable now; the writer reports that, not the heartbeat
+
+  def _loop(self):
+    self.beat()
+    while not self.stopped.wait(self.every_s):
+      self.beat()
+
+  def start(self) -> "Heartbeat":
+    self.thread.start()
+    return self
+
+  def stop(self) -> None:
+    if not self.stopped.is_set():
+      self.stopped.set()
+      self.thread.join(timeout=5)
+      self.beat()  # the final counts
 
 
 def _isatty(stream) -> bool:
@@ -56,6 +115,7 @@ class Progress:
     self.mean_budget = mean_budget
     self.label = ""
     self.bar = None
+    self.heartbeat: Heartbeat | None = None
     if stream is not None and _isatty(stream) and total_runs:
       from tqdm import tqdm
       self.bar = tqdm(total=total_runs, unit="run", file=stream, dynamic_ncols=True,
@@ -123,7 +183,14 @@ class Progress:
     elif kind == "cache_hit":
       self.on_event(CACHE_HIT_EVENT)
 
+  def start_heartbeat(self, out, invocation_id: str, writer: str) -> None:
+    """Keeps this process's heartbeat record under ``out`` fresh until :meth:`close`."""
+    self.heartbeat = Heartbeat(self, out, invocation_id, writer).start()
+
   def close(self):
+    if self.heartbeat is not None:
+      self.heartbeat.stop()
+      self.heartbeat = None
     if self.bar is not None:
       self.bar.close()
       self.bar = None

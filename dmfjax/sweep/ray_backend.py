@@ -37,10 +37,21 @@ task, so no run is committed twice and none is lost. A task that raises is
 not retried: the driver stops submitting, commits what the others return and
 raises ``workers.WorkerError`` with its traceback (exit status 1).
 
-SIGINT (``executor.stop_requested``): no more tasks are submitted; the
-running ones finish their batch and are committed; then
-``executor.Interrupted``. A second Ctrl-C cancels the running tasks at once
-(their runs are not written). A cluster that :func:`connect` started or
+Stopping (``executor.stop_requested``: a signal or the time limit,
+``stopping``): no more tasks are submitted, and the running ones are told
+through a small actor (:class:`_StopFlag`) that every task reads after each
+chunk (at most once a second); each commits what finished (returned to the
+driver), checkpoints its runs in flight and returns; then
+``executor.Interrupted``. A second signal cancels the running tasks at once
+(their runs since their last checkpoint are lost).
+
+Checkpoints. A task checkpoints its runs in flight into the store itself
+(``results.checkpoints``; every ``--checkpoint_every`` seconds), and a task
+continues the runs of its batch from the checkpoints it finds, so a task
+whose worker was killed (a preempted node; SIGTERM to a Ray worker ends it)
+and retried by Ray loses no more than one interval of each run. For
+checkpoints to survive a node, ``--out`` must be where every node writes
+the same files (``s3://``, a shared file system). A cluster that :func:`connect` started or
 connected to is shut down or disconnected at the end (:func:`disconnect`).
 """
 
@@ -151,6 +162,9 @@ class TaskContext:
   repack: bool
   compile_cache: str  # the driver's cache directory, or "none"
   environment: dict  # variables the task checks (set by its runtime_env)
+  checkpointing: Any = None  # executor.Checkpointing
+  tag: str = "ray"  # the writer the tasks checkpoint as
+  stop_flag: Any = None  # a _StopFlag actor
 
 
 @dataclasses.dataclass
@@ -167,6 +181,21 @@ class TaskResult:
   stamp: dict
   pid: int
   environment_ok: bool
+  stopped: Any = None  # why the task stopped before its batch ended, or None
+  checkpoint_stats: Any = None
+
+
+class _StopFlag:
+  """A Ray actor: whether (and why) the sweep stops; tasks read it."""
+
+  def __init__(self):
+    self.reason = None
+
+  def set(self, reason: str) -> None:
+    self.reason = self.reason or reason
+
+  def get(self):
+    return self.reason
 
 
 class _Collector:
@@ -216,7 +245,13 @@ def _batch_task(context: TaskContext, group, index: int) -> TaskResult:
                       memory_budget=context.memory_budget, problems=[],
                       chunk_steps=context.chunk_steps)
   collector = _Collector()
-  ex = executor.Executor(plan, collector, prog, repack=context.repack)
+  checkpointing = context.checkpointing or executor.Checkpointing(None)
+  stopper, checkpoints = checkpointing.make(f"{context.tag}-{os.getpid()}")  # who wrote it
+  if context.stop_flag is not None:
+    import ray
+    stopper.peers = lambda: ray.get(context.stop_flag.get.remote())
+  ex = executor.Executor(plan, collector, prog, repack=context.repack, stopper=stopper,
+                         checkpoints=checkpoints, checkpoint_every=checkpointing.every_s)
   jax.monitoring.register_event_duration_secs_listener(prog.on_event_duration)
   jax.monitoring.register_event_listener(prog.on_event)
   try:
@@ -229,7 +264,8 @@ def _batch_task(context: TaskContext, group, index: int) -> TaskResult:
                   if collector.trajectories else [])
   return TaskResult(runs=collector.runs, trajectories=trajectories, events=events,
                     stamp=rows.stamp(), pid=os.getpid(),
-                    environment_ok=environment_ok)
+                    environment_ok=environment_ok, stopped=stopper.reason,
+                    checkpoint_stats=ex.checkpoint_stats)
 
 
 def task_environment(gpu: bool) -> dict[str, str]:
@@ -244,18 +280,19 @@ def _cache_directory() -> str:
   return str(directory) if jax.config.jax_enable_compilation_cache and directory else "none"
 
 
-def execute(executor) -> None:
+def execute(executor, checkpointing=None) -> None:
   """Runs ``executor.plan``'s batches as Ray tasks, committing each result.
 
   See the module docstring. Call :func:`connect` first; disconnects at the end.
+  ``checkpointing``: ``executor.Checkpointing`` for the tasks.
   """
   try:
-    _execute(_ray(), executor)
+    _execute(_ray(), executor, checkpointing)
   finally:
     disconnect()
 
 
-def _execute(ray, executor) -> None:
+def _execute(ray, executor, checkpointing=None) -> None:
   p, progress = executor.plan, executor.progress
   gpu = ray.cluster_resources().get("GPU", 0) >= 1
   env, cache = task_environment(gpu), _cache_directory()
@@ -265,9 +302,12 @@ def _execute(ray, executor) -> None:
       **(dict(num_gpus=1, max_calls=1) if gpu else dict(num_cpus=1)),
       max_retries=MAX_RETRIES, retry_exceptions=False,
       runtime_env={"env_vars": dict(env, JAX_COMPILATION_CACHE_DIR=cache)})
+  stop_flag = ray.remote(_StopFlag).options(num_cpus=0).remote()
   context = ray.put(TaskContext(chunk_steps=p.chunk_steps, num_devices=p.num_devices,
                                 memory_budget=p.memory_budget, repack=executor.repack,
-                                compile_cache=cache, environment=env))
+                                compile_cache=cache, environment=env,
+                                checkpointing=checkpointing, tag=f"{executor.writer.tag}-ray",
+                                stop_flag=stop_flag))
   group_refs = [ray.put(g) for g in p.groups]
   todo = [(group_refs[i], g, k) for i, g in enumerate(p.groups)
           for k in range(len(g.batches()))][::-1]  # popped from the end: plan order
@@ -279,8 +319,9 @@ def _execute(ray, executor) -> None:
       if (executor.stop_requested or failures) and not stopping:
         stopping, todo = True, []
         if running and executor.stop_requested:
-          _say(progress, f"no more Ray tasks; waiting for the {len(running)} running "
-               "(Ctrl-C again cancels them; their runs are not written)")
+          stop_flag.set.remote(executor.stopper.reason)
+          _say(progress, f"no more Ray tasks; the {len(running)} running commit what "
+               "finished and checkpoint the rest (a second signal cancels them)")
       elif time.monotonic() - checked > 10:  # nodes may join or leave
         capacity, checked = slots(ray.cluster_resources()), time.monotonic()
       while todo and len(running) < capacity:
@@ -302,6 +343,8 @@ def _execute(ray, executor) -> None:
               storage=isinstance(cause, OSError), traceback=str(e)))
           continue
         commit(executor, result)
+        if result.stopped is not None:  # its own time limit: the sweep's too
+          executor.stopper.request(result.stopped)
   except BaseException:  # a second Ctrl-C, or a commit that failed: stop at once
     for ref in running:
       try:
@@ -334,4 +377,6 @@ def commit(executor, result: TaskResult) -> None:
     writer.write(result.runs, result.trajectories)
   for kind, payload in result.events:
     executor.progress.apply(kind, payload)
+  for name, value in (result.checkpoint_stats or {}).items():
+    executor.checkpoint_stats[name] += value
 

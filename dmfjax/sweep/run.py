@@ -15,7 +15,12 @@
    under the shard's writer lock (``locks``: a second sweep of the same shard
    into ``out`` is refused, naming the holder), after ``recovery`` made the
    store whole; at the end the small files are compacted (``compaction``).
-4. **Report** (``progress``): progress on stderr; at the end the executed
+   Runs in flight are checkpointed every ``checkpoint_every`` seconds
+   (``results.checkpoints``) and continued from there by a later sweep.
+4. **Stop early** (``stopping``): SIGINT, SIGTERM, SIGUSR1 or the time limit
+   end the chunk, commit what finished, checkpoint what is in flight; every
+   process of the sweep (workers, ``--distributed`` peers, Ray tasks) stops.
+5. **Report** (``progress``): progress on stderr; at the end the executed
    and useful run-steps, compilations, and the depth-comparison table. One
    manifest per invocation (``OUT/manifests/<invocation_id>.json``) holds the
    spec, shard, devices, provenance and these end-of-run figures.
@@ -24,8 +29,8 @@
 from __future__ import annotations
 
 import dataclasses
-import signal
 import sys
+import time
 from typing import Optional
 
 import jax
@@ -33,12 +38,14 @@ import jax
 import dmfjax.sweep.multihost as multihost
 import dmfjax.sweep.planner as planner
 import dmfjax.sweep.rows as rows
+import dmfjax.sweep.stopping as stopping
 from dmfjax import results
 from dmfjax import spec as spec_lib
 from dmfjax.errors import FlagError, Interrupted, LockHeld, ResultsError, StorageFailed, WorkerError
 from dmfjax.results import compaction, locks, provenance, recovery
-from dmfjax.sweep.executor import Executor, execute_in_workers
-from dmfjax.sweep.progress import Progress
+from dmfjax.sweep.executor import (DEFAULT_CHECKPOINT_EVERY_S, Checkpointing, Executor,
+                                   execute_in_workers)
+from dmfjax.sweep.progress import Progress, plan_groups
 
 __all__ = ["run_sweep", "check_backends"]
 
@@ -56,13 +63,16 @@ def run_sweep(spec: spec_lib.Spec, out, num_shards: int = 1, shard_index: int = 
               memory_budget: Optional[int] = None, stream=sys.stderr,
               repack: bool = True, workers: Optional[int] = None, compact: bool = True,
               wait: bool = False, ray_address: Optional[str] = None,
-              distributed: bool = False) -> planner.Plan:
+              distributed: bool = False,
+              checkpoint_every: Optional[float] = DEFAULT_CHECKPOINT_EVERY_S,
+              time_limit: Optional[float] = None) -> planner.Plan:
   """Plans and executes a sweep into ``out``; returns the plan.
 
   Raises ``SpecError`` on bad input (before anything is written),
   ``locks.LockHeld`` if another live sweep writes the same shard of ``out``
-  (unless ``wait``: then it waits for it), ``Interrupted`` if SIGINT
-  arrived (what finished is written), ``StorageFailed`` if the store stopped
+  (unless ``wait``: then it waits for it), ``Interrupted`` if it stopped
+  early (SIGINT, SIGTERM, SIGUSR1, the time limit; ``stopping``): what
+  finished is committed, what was in flight checkpointed, ``StorageFailed`` if the store stopped
   taking writes (every earlier commit is whole; the message names the
   cause, including a writer lease lost), and ``WorkerError`` if a worker
   process or Ray task failed. ``compact``: compact the store at the end of a
@@ -71,9 +81,20 @@ def run_sweep(spec: spec_lib.Spec, out, num_shards: int = 1, shard_index: int = 
   (``ray_backend.connect``: "" for ``RAY_ADDRESS``, "local" for a local one).
   ``distributed``: this process is one of a multi-process job
   (``multihost``; ``jax.distributed.initialize`` was called): the processes
-  share the runs and process i writes as shard i of n.
+  share the runs and process i writes as shard i of n; a stop of one
+  process stops them all. ``checkpoint_every``: seconds between checkpoints
+  of the runs in flight (``results.checkpoints``; None: none are written, and
+  a stop loses them; runs continue from existing ones either way).
+  ``time_limit``: seconds this invocation may run (and SLURM's job end time,
+  where set): it stops in time to checkpoint.
   """
-  coordinator = None
+  started_clock = time.time()
+  if checkpoint_every is not None and not (
+      isinstance(checkpoint_every, (int, float)) and checkpoint_every >= 0):
+    raise FlagError(f"checkpoint_every: must be a number of seconds >= 0, "
+                    f"got {checkpoint_every!r}")
+  deadline = stopping.deadline(time_limit, started_clock)
+  coordinator = p = None
   check_backends(distributed, ray_address, num_shards)
   if distributed:
     coordinator = multihost.Coordinator()
@@ -116,11 +137,19 @@ def run_sweep(spec: spec_lib.Spec, out, num_shards: int = 1, shard_index: int = 
       p = planner.plan(spec, None, memory_budget=memory_budget, workers=workers,
                        run_ids=set(todo), split=coordinator.count * workers)
       order = coordinator.claims(len(p.batches()))
-    manifest.update(workers=p.workers, runs=len(p.runs), to_run=len(p.todo))
+    manifest.update(workers=p.workers, runs=len(p.runs), to_run=len(p.todo),
+                    groups=plan_groups(p))
     writer.write_manifest(manifest)
     print(planner.describe(p, spec), file=stream)
+    checkpointing = Checkpointing(str(out), checkpoint_every, deadline)
     try:
-      _execute(p, writer, out, stream, repack, ray=ray_address is not None, order=order)
+      try:
+        _execute(p, writer, out, stream, repack, ray=ray_address is not None, order=order,
+                 checkpointing=checkpointing, coordinator=coordinator)
+      except Interrupted:
+        if coordinator is not None:  # the others stop too; the coordinator stays up
+          coordinator.barrier("executed")
+        raise
     except (OSError, ResultsError, LockHeld) as e:
       # The store: a full disk, a lost mount or endpoint, a writer lease lost.
       raise StorageFailed(f"{type(e).__name__}: {e}") from e
@@ -131,12 +160,17 @@ def run_sweep(spec: spec_lib.Spec, out, num_shards: int = 1, shard_index: int = 
     manifest.update(status="done", stats=p.stats)
     if coordinator is not None:
       coordinator.barrier("executed")
+      reason = _shared_stop(coordinator)
+      if reason is not None:  # another process stopped: so does the job
+        raise Interrupted(reason)
     if compact and (coordinator is None or coordinator.is_leader):
       manifest["compaction"] = _compact(out, writer, stream)
   except BaseException as e:
-    manifest["status"] = {Interrupted: "interrupted", KeyboardInterrupt: "interrupted"}.get(
+    manifest["status"] = {Interrupted: "stopped", KeyboardInterrupt: "interrupted"}.get(
         type(e), f"failed: {type(e).__name__}")
     manifest["error"] = str(e)
+    if isinstance(e, Interrupted):
+      manifest.update(stop_reason=e.reason, stats=p.stats if p is not None else {})
     worker_error = e.__cause__ if isinstance(e.__cause__, WorkerError) else e
     if isinstance(worker_error, WorkerError):
       manifest["tracebacks"] = worker_error.tracebacks
@@ -188,41 +222,37 @@ def _compact(out, writer: results.Writer, stream) -> Optional[dict]:
 
 
 def _execute(p: planner.Plan, writer: results.Writer, out, stream, repack: bool,
-             ray: bool = False, order=None) -> None:
-  """Runs the plan's batches with progress and SIGINT handling; fills p.stats."""
+             ray: bool = False, order=None, checkpointing: Optional[Checkpointing] = None,
+             coordinator=None) -> None:
+  """Runs the plan's batches with progress, checkpoints and the signals that
+  stop a sweep (``stopping``); fills p.stats."""
   budgets = [r["max_steps"] for r in p.todo if r["max_steps"]]
   progress = Progress(len(p.todo), stream, mean_budget=sum(budgets) / max(1, len(budgets)))
-  executor = Executor(p, writer, progress, repack=repack)
-  previous = signal.getsignal(signal.SIGINT)
-
-  def on_sigint(signum, frame):
-    if executor.stop_requested:
-      raise KeyboardInterrupt
-    executor.stop_requested = True
-    print("\n[dmfjax] SIGINT: finishing the current chunk and writing finished runs "
-          "(press Ctrl-C again to abort now)", file=stream, flush=True)
-
-  in_main = True
-  try:
-    signal.signal(signal.SIGINT, on_sigint)
-  except ValueError:  # not the main thread
-    in_main = False
+  checkpointing = checkpointing or Checkpointing(None)
+  stopper, checkpoints = checkpointing.make(writer.tag)
+  stopper.stream = stream
+  if coordinator is not None:
+    _share_stop(coordinator, stopper)
+  executor = Executor(p, writer, progress, repack=repack, stopper=stopper,
+                      checkpoints=checkpoints, checkpoint_every=checkpointing.every_s)
+  stopper.install()
   jax.monitoring.register_event_duration_secs_listener(progress.on_event_duration)
   jax.monitoring.register_event_listener(progress.on_event)
+  progress.start_heartbeat(out, writer.invocation_id, writer.tag)  # until progress.close()
   try:
     if ray and len(p.todo) > 0:
       import dmfjax.sweep.ray_backend as ray_backend
-      ray_backend.execute(executor)
+      ray_backend.execute(executor, checkpointing)
     elif p.workers > 1 and len(p.todo) > 0:
-      execute_in_workers(executor, out, writer.tag, order)
+      execute_in_workers(executor, out, writer.tag, order, checkpointing)
     else:
       executor.execute(order)
   finally:
     jax.monitoring.unregister_event_duration_listener(progress.on_event_duration)
     jax.monitoring.unregister_event_listener(progress.on_event)
     progress.close()
-    if in_main:
-      signal.signal(signal.SIGINT, previous)
+    stopper.uninstall()
+    p.stats.update(checkpoints=executor.checkpoint_stats, longest_chunk_s=stopper.longest_chunk)
     p.stats.update(executed_run_steps=progress.executed, useful_run_steps=progress.useful,
                    runs_done=progress.done, wall_seconds=progress.elapsed,
                    compilations=progress.compilations,
@@ -235,3 +265,25 @@ def _execute(p: planner.Plan, writer: results.Writer, out, stream, repack: bool,
         f"{progress.executed:,} run-steps for {progress.useful:,} useful "
         f"({progress.executed / max(progress.useful, 1):.2f}x)", file=stream)
 
+
+
+def _share_stop(coordinator, stopper: stopping.Stopper) -> None:
+  """One process of a ``--distributed`` job that stops stops them all: its
+  reason goes to the job's key-value store, which the others read after
+  each chunk (``Stopper.peers``)."""
+  key = f"{coordinator.prefix}/stop"
+
+  def publish(reason: str) -> None:
+    if not reason.endswith(")"):  # not a peer's own stop passed on
+      coordinator.client.key_value_set(key, f"{reason} (process {coordinator.index})")
+
+  stopper.on_request = publish
+  stopper.peers = lambda: _shared_stop(coordinator)
+
+
+def _shared_stop(coordinator) -> Optional[str]:
+  """Why another process of the job stopped, or None."""
+  try:
+    return coordinator.client.key_value_try_get(f"{coordinator.prefix}/stop")
+  except Exception:  # noqa: BLE001 -- NOT_FOUND: nobody stopped
+    return None

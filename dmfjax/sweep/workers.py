@@ -27,7 +27,9 @@ than letting the OS place them.
 Signals and lifetime. Workers run in their own process group, so a terminal's
 Ctrl-C reaches only the parent, which forwards one SIGINT to each worker when
 ``stop_requested()`` turns true (the target decides what SIGINT means: the
-sweep finishes its chunk, writes and stops). A worker dies with its parent
+sweep finishes its chunk, checkpoints and stops). A worker still starting
+(importing its target) is not signalled, which would kill it: it finds the
+stop when it asks for its first task. A worker dies with its parent
 (``PR_SET_PDEATHSIG`` on Linux), so a killed sweep leaves no writer behind.
 """
 
@@ -71,6 +73,7 @@ def _child(index: int, parent_pid: int, target: Callable, args: tuple, tasks, ev
   if pin:
     pin_to_core(index)
   signal.signal(signal.SIGINT, signal.SIG_IGN)  # until the target installs its own
+  events.put(("ready", index, None))  # from now on a SIGINT is not lost in an import
 
   def next_task() -> Optional[int]:
     return None if stop.is_set() else tasks.get()
@@ -153,6 +156,7 @@ def run(num_workers: int, tasks: int | Iterator[int], target: Callable, args: tu
     for p in procs:
       p.start()
   exited: set[int] = set()
+  ready: set[int] = set()  # past start-up: a SIGINT reaches the target
   silent: set[int] = set()  # exited with an error code and, so far, no message
   failures: list[dict] = []  # cause, storage, traceback (None for a silent death)
   completed = False
@@ -162,7 +166,9 @@ def run(num_workers: int, tasks: int | Iterator[int], target: Callable, args: tu
         kind, index, payload = events.get(timeout=poll_s)
       except queue.Empty:
         kind = None
-      if kind == "exit":
+      if kind == "ready":
+        ready.add(index)
+      elif kind == "exit":
         exited.add(index)
       elif kind == "error":
         exited.add(index)
@@ -175,8 +181,8 @@ def run(num_workers: int, tasks: int | Iterator[int], target: Callable, args: tu
         stop.set()  # no new tasks; SIGINT stops the current one
         for _ in range(num_workers):
           queue_.put(None)  # wakes a worker waiting for a task
-        for i, p in enumerate(procs):
-          if i not in exited and p.is_alive():
+        for i, p in enumerate(procs):  # the others see ``stop`` when they ask for a task
+          if i in ready and i not in exited and p.is_alive():
             os.kill(p.pid, signal.SIGINT)
       if kind is None:  # the queue is drained: look for workers that died silently
         for i, p in enumerate(procs):

@@ -19,7 +19,8 @@ ray = pytest.importorskip("ray")
 # ray.init forks its node processes from this (JAX-using) process; they exec at once.
 pytestmark = pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")
 
-from sweep_helpers import ROOT, assert_same_results, runs_table, trajectories_table, write_spec  # noqa: E402
+from sweep_helpers import (  # noqa: E402
+    ROOT, assert_bitwise_equal, assert_same_results, runs_table, trajectories_table, write_spec)
 
 from dmfjax import cli, errors, sweep
 from dmfjax import spec as spec_lib
@@ -193,3 +194,36 @@ def test_sigint_commits_what_arrived_and_a_rerun_finishes(reference, cluster, ta
   p = sweep.run_sweep(spec, tmp_path / "out", stream=io.StringIO(), ray_address="local")
   assert len(p.todo) == len(reference_runs) - len(written)
   _check(tmp_path / "out", reference_runs)
+
+
+def test_a_worker_stopped_mid_run_continues_from_its_checkpoint(cluster, task_cache, tmp_path):
+  """A Ray worker that gets SIGTERM mid-batch (a preempted node) dies; Ray
+  runs its task again, which continues the batch's runs from the checkpoint
+  the first attempt wrote into the store: bitwise the uninterrupted sweep."""
+  spec = spec_lib.load_spec(write_spec(
+      tmp_path / "long.py", n_rows=13, depth=2, lr=[3e-3], seeds=4, max_steps=20_000,
+      stop_loss=0.0, log_every=100, chunk_steps=500))
+  sweep.run_sweep(spec, tmp_path / "reference", stream=io.StringIO(), workers=1)
+  out, killed, stop = tmp_path / "out", [], threading.Event()
+
+  def stop_a_worker_after_its_checkpoint():
+    while not stop.is_set():
+      for path in (out / "checkpoints").rglob("*.arrow"):  # checkpoints/<tag>-ray-<pid>/
+        pid = int(path.parent.name.rsplit("-", 1)[1])
+        os.kill(pid, signal.SIGTERM)
+        killed.append(pid)
+        return
+      time.sleep(0.01)
+
+  killer = threading.Thread(target=stop_a_worker_after_its_checkpoint, daemon=True)
+  killer.start()
+  try:
+    p = sweep.run_sweep(spec, out, stream=io.StringIO(), ray_address="local",
+                        checkpoint_every=0)
+  finally:
+    stop.set()
+    killer.join()
+  assert len(killed) == 1
+  assert p.stats["checkpoints"]["restored_runs"] >= 1
+  assert_bitwise_equal(tmp_path / "reference", out)
+  assert not list((out / "checkpoints").rglob("*.arrow"))

@@ -287,8 +287,9 @@ def remove_obsolete(out, committed) -> dict:
   return dict(removed=removed, kept=kept)
 
 
-def summary(out) -> dict:
-  """Checkpoint files, runs and bytes under ``out`` (for status and verify)."""
-  loc = storage.location(out)
-  sizes = loc.sizes(CHECKPOINTS) if loc.exists(CHECKPOINTS) else {}
-  return dict(files=len(sizes), bytes=sum(sizes.values()))
+def in_flight(out, committed: set) -> dict:
+  """run_id -> steps saved, for the checkpointed runs not in ``committed``
+  (their best checkpoint; read from the files' footers only)."""
+  index = Checkpoints(out, "").index()
+  return {run_id: entries[0][0] for run_id, entries in index.items()
+          if entries and run_id not in committed}

@@ -36,7 +36,9 @@ import pyarrow as pa
 import dmfjax.results.schema as schema
 import dmfjax.results.storage as storage
 from dmfjax.errors import FlagError, ResultsError
-from dmfjax.results import frames, reading
+import dmfjax.results.checkpoints as checkpoints
+import dmfjax.results.frames as frames
+import dmfjax.results.reading as reading
 
 HEARTBEATS = "_status"  # OUT/_status/<invocation_id>.json
 HEARTBEAT_S = 30.0  # how often a sweep process rewrites its record
@@ -130,6 +132,8 @@ class Status:
     committed: committed runs in the store; ``outcomes``: their statuses counted.
     rate_per_hour: planned runs committed per hour since the sweep started.
     eta_s: seconds left at that rate (None: unknown or nothing left).
+    in_flight: run_id -> steps saved, of the runs checkpointed and not yet
+      committed (``checkpoints``: what a stopped or killed sweep continues).
   """
   out: str
   now: pd.Timestamp
@@ -141,6 +145,7 @@ class Status:
   rate_per_hour: float | None
   eta_s: float | None
   problems: list
+  in_flight: dict = dataclasses.field(default_factory=dict)
 
   @property
   def planned(self) -> int:
@@ -198,6 +203,8 @@ def status(out, now: pd.Timestamp | None = None) -> Status:
     written = beat.get("written") or _time(beat.get("time"))
     age = (now - written).total_seconds() if written is not None else None
     state = str(m.get("status", "?"))
+    if state == "stopped" and m.get("stop_reason"):
+      state = f"stopped ({m['stop_reason']})"
     if state == "running":
       silent = age if age is not None else (now - started).total_seconds() if started else None
       if silent is not None and silent > STALE_AFTER_S:
@@ -229,7 +236,8 @@ def status(out, now: pd.Timestamp | None = None) -> Status:
   counts = runs["status"].value_counts()
   return Status(out=loc.uri(), now=now, spec=spec, groups=groups, writers=writers,
                 committed=len(runs), outcomes={o: int(counts.get(o, 0)) for o in OUTCOMES},
-                rate_per_hour=rate, eta_s=eta, problems=problems)
+                rate_per_hour=rate, eta_s=eta, problems=problems,
+                in_flight=checkpoints.in_flight(loc, done_ids))
 
 
 def duration(seconds) -> str:
@@ -267,6 +275,10 @@ def format_status(s: Status) -> str:
                  f"{s.to_do} to do | throughput {rate} | ETA "
                  + (duration(s.eta_s) if s.eta_s is not None
                     else ("done" if not s.to_do else "-")))
+    if s.in_flight:
+      lines.append(f"in flight, checkpointed: {len(s.in_flight)} runs, "
+                   f"{sum(s.in_flight.values()):,} steps saved (a stopped or killed sweep "
+                   "continues them)")
     if len(s.groups):
       lines += ["", "compiled groups:"]
       table = s.groups.rename(columns={"to_do": "to do"})

@@ -26,7 +26,7 @@ from sweep_helpers import (ROOT, assert_bitwise_equal, assert_same_results, cli_
 
 from dmfjax import cli, results, sweep
 from dmfjax import spec as spec_lib
-from dmfjax.results import checkpoints, storage
+from dmfjax.results import checkpoints, status, storage
 from dmfjax.sweep import stopping
 
 # 8 runs of 20,000 steps in chunks of 500: long enough to stop in the middle;
@@ -163,12 +163,25 @@ def test_kill_9_loses_at_most_one_interval(spec, reference, tmp_path):
   assert_bitwise_equal(reference, out)
 
 
-def _stopped_by_time_limit(spec, out, **kwargs):
-  """A sweep stopped by its time limit (deterministically after its first chunks)."""
-  with pytest.raises(sweep.Interrupted) as stopped:
-    sweep.run_sweep(spec_lib.load_spec(spec), out, stream=io.StringIO(), workers=1,
-                    checkpoint_every=0, time_limit=stopping.MIN_MARGIN_S + 0.5, **kwargs)
-  assert stopped.value.reason == stopping.TIME_LIMIT
+def _stopped_by_time_limit(spec, out, chunks: int = 3):
+  """A sweep (one process) stopped as by its time limit after ``chunks``
+  chunks, whatever the machine's speed: checkpointed after each chunk, so its
+  batch keeps its last two checkpoints."""
+  original = stopping.Stopper.chunk_done
+  seen = []
+
+  def chunk_done(self, seconds):
+    original(self, seconds)
+    seen.append(seconds)
+    if len(seen) >= chunks:
+      self.request(stopping.TIME_LIMIT)
+
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(stopping.Stopper, "chunk_done", chunk_done)
+    with pytest.raises(sweep.Interrupted) as stopped:
+      sweep.run_sweep(spec_lib.load_spec(spec), out, stream=io.StringIO(), workers=1,
+                      checkpoint_every=0)
+  assert stopped.value.reason == stopping.TIME_LIMIT and len(seen) == chunks
   return stopped
 
 
@@ -176,7 +189,7 @@ def test_a_corrupt_checkpoint_is_quarantined_and_the_older_one_used(spec, refere
   out = tmp_path / "out"
   _stopped_by_time_limit(spec, out)
   files = _checkpoint_files(out)
-  assert len(files) >= 2  # the batch's last two generations
+  assert [f.name[-12:] for f in files] == ["000002.arrow", "000003.arrow"]  # the last two
   newest = files[-1]
   data = bytearray(newest.read_bytes())
   data[len(data) // 2] ^= 0xFF  # one flipped byte inside a run's state
@@ -221,6 +234,7 @@ def test_time_limit_exit_status_and_slurm_end_time(spec, tmp_path, capsys, monke
   code = cli.main(["sweep", f"--spec={spec}", f"--out={tmp_path / 'out'}", "--workers=1"])
   assert code == stopping.EXIT_TIME_LIMIT, capsys.readouterr().err
   assert _manifests(tmp_path / "out")[-1]["stop_reason"] == stopping.TIME_LIMIT
+  assert _checkpoint_files(tmp_path / "out")  # the runs in flight were checkpointed
   assert cli.main(["sweep", f"--spec={spec}", f"--out={tmp_path / 'x'}",
                    "--checkpoint_every=-1"]) == 2
   assert "checkpoint_every" in capsys.readouterr().err
@@ -229,6 +243,10 @@ def test_time_limit_exit_status_and_slurm_end_time(spec, tmp_path, capsys, monke
 def test_checkpoints_on_the_s3_server(spec, reference, s3):
   uri = f"s3://{BUCKET}/preempt-{uuid.uuid4().hex[:6]}"
   _stopped_by_time_limit(spec, uri)
+  seen = status.status(uri)  # dmfjax status: the stop and the runs it saved
+  assert list(seen.writers.state) == ["stopped (time limit)"]
+  assert seen.in_flight and all(steps > 0 for steps in seen.in_flight.values())
+  assert "in flight, checkpointed:" in status.format_status(seen)
   loc = storage.location(uri)
   assert [k for k in loc.tree(checkpoints.CHECKPOINTS) if k.endswith(checkpoints.SUFFIX)]
   p = sweep.run_sweep(spec_lib.load_spec(spec), uri, stream=io.StringIO(), workers=1)

@@ -46,7 +46,7 @@ def _collect():
 
 def test_every_task_runs_once_on_separate_processes():
   events, on_event = _collect()
-  workers.run(2, 7, _square_tasks, (0.05,), on_event)
+  workers.run(2, 7, _square_tasks, (0.3,), on_event)  # long enough for both to start
   results = sorted(p[:2] for kind, _, p in events if kind == "result")
   assert results == [(k, k * k) for k in range(7)]
   pids = {p[2] for kind, _, p in events if kind == "result"}

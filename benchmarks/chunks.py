@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import math
 import pathlib
 import sys
 import tempfile
@@ -65,8 +66,9 @@ def _spec(variant: str):
 
 def _sweep(spec, mode: str, workers) -> dict:
   original = planner.plan_chunks
-  if mode == "fixed":
-    planner.plan_chunks = lambda g, chunk_steps: None
+  if mode == "fixed":  # the rule before planned chunks: chunk_steps rounded up to log_every
+    planner.plan_chunks = lambda g, chunk_steps: g.method == "dmf" and setattr(
+        g, "num_logs", max(1, math.ceil(chunk_steps / g.config.log_every)))
   try:
     with tempfile.TemporaryDirectory() as out:
       start = time.perf_counter()

@@ -83,9 +83,13 @@ class Saved:
     self.run_id, self.step, self.arrays, self.trajectory = run_id, step, arrays, trajectory
 
 
-def layout_of(arrays: Iterable[np.ndarray]) -> list:
-  """[[dtype, shape], ...]: what a run's state must look like to be restored."""
-  return [[np.dtype(a.dtype).str, list(np.shape(a))] for a in arrays]
+def layout_of(arrays: Iterable, batched: bool = False) -> list:
+  """[[dtype, shape], ...]: what a run's state must look like to be restored.
+
+  ``arrays``: one run's arrays, or with ``batched`` a batch's (any array with
+  ``dtype`` and ``shape``; the leading run axis is left out, nothing is read).
+  """
+  return [[np.dtype(a.dtype).str, list(np.shape(a))[1 if batched else 0:]] for a in arrays]
 
 
 def _encode_trajectory(rows: list) -> bytes:

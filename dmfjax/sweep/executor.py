@@ -25,7 +25,6 @@ is handed; a batch's results do not depend on which worker runs it or when.
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 import uuid
 from typing import Optional
@@ -143,7 +142,7 @@ class Executor:
 
   def _run_dmf_batch(self, g: Group, batch: list):
     cfg = g.config
-    num_logs = g.num_logs or max(1, math.ceil(self.plan.chunk_steps / cfg.log_every))
+    num_logs = g.num_logs  # planner.plan_chunks
     chunk = num_logs * cfg.log_every
     problem = sparse.maybe_sparse(_shared_problem(batch[0]), cfg)
     fns = train.batched(cfg, num_logs, shared_problem=problem is not None)
@@ -210,7 +209,7 @@ class Executor:
     if self.checkpoints is None:
       return state
     leaves, treedef = jax.tree_util.tree_flatten(_dynamic(state))
-    layout = checkpoints_lib.layout_of(x[0] for x in leaves)
+    layout = checkpoints_lib.layout_of(leaves, batched=True)
     found = self.checkpoints.load([r["run_id"] for r in batch], layout)
     if not found:
       return state
@@ -235,17 +234,24 @@ class Executor:
   def _checkpoint(self, key, state, batch, slots, flying, trajectories) -> None:
     """Saves the runs of ``flying`` slots: their state and logged rows."""
     t0 = time.perf_counter()
-    leaves = [np.asarray(x) for x in jax.device_get(jax.tree_util.tree_leaves(
-        _dynamic(state)))]
-    step = np.asarray(jax.device_get(state.step))
-    saved = [checkpoints_lib.Saved(batch[slots[s]]["run_id"], int(step[s]),
+    host = jax.device_get(_dynamic(state))  # one transfer; host[2] is the step
+    leaves = [np.asarray(x) for x in jax.tree_util.tree_leaves(host)]
+    saved = [checkpoints_lib.Saved(batch[slots[s]]["run_id"], int(host[2][s]),
                                    [x[s] for x in leaves], trajectories[slots[s]])
              for s in flying]
-    size = self.checkpoints.save(key, saved, checkpoints_lib.layout_of(x[0] for x in leaves))
+    size = self.checkpoints.save(key, saved, checkpoints_lib.layout_of(leaves, batched=True))
     stats = self.checkpoint_stats
     stats.update(saves=stats["saves"] + 1, runs=stats["runs"] + len(saved),
                  bytes=stats["bytes"] + size,
                  seconds=stats["seconds"] + time.perf_counter() - t0)
+
+  def add_checkpoint_stats(self, stats: dict) -> None:
+    """Adds another process's checkpoint figures (a worker's, a Ray task's)."""
+    stats = dict(stats)
+    self.stopper.longest_chunk = max(self.stopper.longest_chunk,
+                                     stats.pop("longest_chunk", 0.0))
+    for name, value in stats.items():
+      self.checkpoint_stats[name] += value
 
   def _commit(self, run_rows: list, trajectory_rows: list, useful: int):
     self.writer.write(run_rows, trajectory_rows)
@@ -347,10 +353,7 @@ def execute_in_workers(executor: Executor, out, tag: str, order=None,
     elif kind == _STOPPED:
       executor.stopper.request(payload)
     elif kind == _CHECKPOINTS:
-      stopper = executor.stopper
-      stopper.longest_chunk = max(stopper.longest_chunk, payload.pop("longest_chunk"))
-      for name, value in payload.items():
-        executor.checkpoint_stats[name] += value
+      executor.add_checkpoint_stats(payload)
     else:
       progress.apply(kind, payload)
 

@@ -47,8 +47,7 @@ class Group:
     runs: the run dicts, sorted by run_id.
     per_run_bytes: the memory estimate of one run in a batch.
     batch_size: runs per batch (the last batch may hold fewer).
-    num_logs: log periods per chunk (:func:`plan_chunks`; 0: the executor
-      derives it from the plan's ``chunk_steps``).
+    num_logs: log periods per chunk of a factorization group (:func:`plan_chunks`).
   """
   config: train.RunConfig
   key: tuple

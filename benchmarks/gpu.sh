@@ -6,9 +6,10 @@
 #      batches 64 .. 16384, against the GPU's large-GEMM rate;
 #   3. the whole paper_fig2 grid (144 runs, to train loss 1e-6) end to end;
 #   4. chunk length: executed/useful run-steps and wall time of reduced sweeps
-#      with per-group chunks (planner.plan_chunks) against fixed 5,000-step
-#      chunks (benchmarks/chunks.py): on a GPU a chunk is fast, so the
-#      per-chunk host sync weighs more than on a CPU.
+#      with the planner's chunks (~1/40 of a group's budget, <= 5,000 steps),
+#      with planned chunks of <= 5,000 steps, and with fixed 5,000-step chunks
+#      (benchmarks/chunks.py): on a GPU a chunk is fast, so the per-chunk host
+#      sync weighs more than on a CPU, and shorter chunks may cost time.
 # Prints one Markdown table and appends it, with the device, to
 # benchmarks/RESULTS.md. Run from the repository root on a machine with a
 # GPU build of jaxlib (pip install -e '.[dev]' 'jax[cuda12]').
@@ -22,7 +23,7 @@ if [ "${SMOKE:-0}" = 1 ]; then
   chunk_variants='quickstart:max_steps=500'
 else
   batches=64,256,1024,4096,16384; fig2_args=(); steps=3000
-  chunk_variants='quickstart:max_steps=2000;paper_fig2:seeds=1,max_steps=20000'
+  chunk_variants='quickstart;quickstart:max_steps=2000;paper_fig2:seeds=1,max_steps=20000'
 fi
 $PY benchmarks/precision.py --steps "$steps" | tee "$out/precision.txt"
 $PY benchmarks/throughput.py --modes single --depths 2,3,4 --sizes 100 \
@@ -33,7 +34,8 @@ $PY -m dmfjax sweep --spec paper_fig2 --out "$out/fig2" --compile_cache "$out/ca
 end=$(date +%s.%N)
 $PY benchmarks/gpu_table.py --dir "$out" --seconds "$(echo "$end - $start" | bc)" \
     | tee "$out/table.md"
-$PY benchmarks/chunks.py --variants "$chunk_variants" | tee "$out/chunks.txt"
-{ echo; cat "$out/table.md"; echo; echo "Chunks (benchmarks/chunks.py --variants" \
+$PY benchmarks/chunks.py --modes planned,max5000,fixed --variants "$chunk_variants" \
+    | tee "$out/chunks.txt"
+{ echo; cat "$out/table.md"; echo; echo "Chunks (benchmarks/chunks.py --modes planned,max5000,fixed --variants" \
   "'$chunk_variants'):"; echo; echo '```'; cat "$out/chunks.txt"; echo '```'; } \
   >> benchmarks/RESULTS.md

@@ -78,8 +78,9 @@ def _hp(batch):
                                 max_steps=2**30)
 
 
-def _prepared(depth, n, batch, seconds, steps=None):
-  """A compiled chunk function of about ``seconds`` (or ``steps``), warm state."""
+def _prepared(depth, n, batch, seconds, steps=None, min_steps=8):
+  """A compiled chunk function of about ``seconds`` (or ``steps``; at least
+  ``min_steps``), warm state. A chunk ends with one log record (an SVD per run)."""
   if steps is None:
     probe = train.batched(_config(depth, n, 4), 1)
     state = probe.init(_sharded(_hp(batch)))
@@ -87,7 +88,7 @@ def _prepared(depth, n, batch, seconds, steps=None):
     jax.block_until_ready(state)
     per_step = _time(lambda: jax.block_until_ready(probe.advance(state)[0])) / 4
     del state
-    steps = int(np.clip(seconds / max(per_step, 1e-7), 8, 20000))
+    steps = int(np.clip(seconds / max(per_step, 1e-7), min_steps, 20000))
   fns = train.batched(_config(depth, n, steps), 1)
   state = fns.init(_sharded(_hp(batch)))
   state, _ = fns.advance(state)  # compile
@@ -116,17 +117,24 @@ def dmfjax_rate(depth, n, batch, seconds, repeats) -> float:
   return steps * batch / best
 
 
+SWEEP_LOG_EVERY = 500  # the quick start's log_every
+
+
 def _worker_share(index, barrier, results, configs, seconds, repeats):
   """One worker process: for each config, its share of the batch, in step.
 
   The share is cut into the batches the sweep planner would make on a CPU
-  (at most ``planner.cpu_batch_cap`` runs each), advanced one after another.
+  (at most ``planner.cpu_batch_cap`` runs each), advanced one after another,
+  each by chunks of at least :data:`SWEEP_LOG_EVERY` steps (a sweep's log
+  period: one SVD per run per chunk, as in a sweep), so a large share is not
+  measured on chunks shorter than any sweep runs.
   """
   from dmfjax.sweep import workers
   workers.pin_to_core(index)  # as dmfjax.workers does, before JAX starts
   for depth, n, share in configs:
     sizes = _cpu_batches(depth, n, share)
-    fns, first, steps = _prepared(depth, n, sizes[0], seconds / len(sizes))
+    fns, first, steps = _prepared(depth, n, sizes[0], seconds / len(sizes),
+                                  min_steps=SWEEP_LOG_EVERY)
     prepared = [(fns, first)] + [_prepared(depth, n, b, 0, steps)[:2] for b in sizes[1:]]
     states = [st for _, st in prepared]
     for r in range(repeats):

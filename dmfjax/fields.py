@@ -153,7 +153,9 @@ SWEEP_FIELDS: tuple[Field, ...] = (
     _f("seeds", "int", 3,
        "a count N (seeds 0..N-1) or a list of seeds; seeds the init (a sweep holds at most "
        f"MAX_RUNS = {MAX_RUNS:,} runs)"),
-    _f("chunk_steps", "int", 5000, "steps per compiled chunk (progress and repacking cadence)"),
+    _f("chunk_steps", "int", None,
+       "steps per compiled chunk at most (progress, repacking and stop cadence); None: at "
+       "most 5,000 and about 1/40 of the group's step budget", nullable=True),
     _f("max_batch", "int", 1024, "runs per compiled batch at most"),
     _f("variants", "list", None,
        "a list of dicts of field overrides; the grid is taken once per variant",

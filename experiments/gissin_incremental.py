@@ -29,7 +29,4 @@ SPEC = Spec(
     seeds=3,
     max_steps=40_000, stop_loss=1e-6,
     log_every=20, top_k=4, track_entries="0:0;1:1;2:2;3:3",
-    # Runs stop after 1,000-10,000 of their 40,000 steps, one run a batch: short
-    # chunks waste less past the stop (benchmarks/RESULTS.md, issue 25: 1.07x, not 1.34x).
-    chunk_steps=1_000,
 )

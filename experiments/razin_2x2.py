@@ -36,6 +36,9 @@ SPEC = Spec(
     dtype="float64",
     seeds=8,
     max_steps=10_000_000, stop_loss=2e-4,
-    log_every=50_000, top_k=2, track_entries="0:0", store_matrix=True,
+    # Every 1,000 steps: the depth-2 runs stop within 2,300-8,600 steps, and a
+    # chunk is whole log periods, so a longer period would mostly run frozen
+    # steps for them (benchmarks/RESULTS.md, issue 25); finer |W_00| curves too.
+    log_every=1_000, top_k=2, track_entries="0:0", store_matrix=True,
     variants=[{"depth": n, "init_scale": PER_LAYER ** n} for n in (2, 3, 4)],
 )

@@ -15,17 +15,17 @@ then decides, per run, by one stopping rule (:func:`stop_status`, also used
 by :func:`finalize` for a run that used its whole budget):
 
 * ``diverged`` if the loss is non-finite, the loss exceeds
-  ``divergence_factor`` times its initial value, or the update would make a
-  factor non-finite (a non-finite gradient does: it is caught through the
-  factors it would produce);
+  ``divergence_factor`` times its initial value, or the gradient's squared
+  norm is not finite (a NaN or inf entry, or entries past ~1e19 in float32);
 * else ``converged`` if l(W) <= ``stop_loss``;
 * else ``budget`` if ``max_steps`` updates were already applied;
 * else the optimizer update is applied.
 
-Once a run is stopped, its factors and optimizer state are frozen (selected,
-not recomputed) and ``step`` holds the number of updates applied before the
-stop, so a batch can keep stepping while some of its runs are done, and a
-diverging run never touches the others.
+Once a run is stopped, it takes zero updates (adding 0 leaves its factors
+unchanged), its optimizer state is frozen (selected, not recomputed) and
+``step`` holds the number of updates applied before the stop, so a batch can
+keep stepping while some of its runs are done, and a diverging run never
+touches the others.
 """
 
 from __future__ import annotations
@@ -224,15 +224,14 @@ def init(cfg: RunConfig, hp: Hyperparams, problem=None) -> RunState:
                   initial_loss=loss)
 
 
-def _all_finite(tree) -> jax.Array:
-  """Whether every entry of ``tree`` is finite.
+def _finite_gradient(grads) -> jax.Array:
+  """Whether the gradient's squared norm sum_j ||g_j||_F^2 is finite.
 
-  One sum per leaf, a single reduction pass (cheaper than ``isfinite`` then
-  ``all``): a NaN or inf entry always makes the sum non-finite. A sum of
-  finite entries overflows only for entries near 1e34 (float32), far past
-  any divergence threshold, so a false alarm marks a run that diverged anyway.
+  False for a NaN or inf entry and for entries beyond ~1e19 (float32), whose
+  squares overflow. The same sum is what GroupRMSprop needs, so XLA computes
+  it once for both.
   """
-  return jnp.isfinite(sum(jnp.sum(x) for x in jax.tree_util.tree_leaves(tree)))
+  return jnp.isfinite(sum(jnp.sum(g * g) for g in jax.tree_util.tree_leaves(grads)))
 
 
 def stop_status(hp, loss: jax.Array, initial_loss: jax.Array, step: jax.Array,
@@ -240,9 +239,9 @@ def stop_status(hp, loss: jax.Array, initial_loss: jax.Array, step: jax.Array,
   """The stopping rule, evaluated at an iterate with train loss ``loss``.
 
   In order: DIVERGED if ``loss`` is not finite, exceeds
-  ``hp.divergence_factor * initial_loss``, or the iterate is not ``finite``;
-  else CONVERGED if ``loss <= hp.stop_loss``; else BUDGET if ``step`` (the
-  updates applied) has reached ``hp.max_steps``; else RUNNING.
+  ``hp.divergence_factor * initial_loss``, or the gradient there is not
+  ``finite``; else CONVERGED if ``loss <= hp.stop_loss``; else BUDGET if
+  ``step`` (the updates applied) has reached ``hp.max_steps``; else RUNNING.
   """
   diverged = (~jnp.isfinite(loss) | (loss > hp.divergence_factor * initial_loss)
               | ~jnp.asarray(finite))
@@ -254,24 +253,25 @@ def stop_status(hp, loss: jax.Array, initial_loss: jax.Array, step: jax.Array,
 def step(cfg: RunConfig, state: RunState) -> RunState:
   """One gradient step under the stopping rule (:func:`stop_status`).
 
-  The rule is evaluated at the current factors (their loss, and whether the
-  update they would take stays finite); a run that is not RUNNING afterwards
-  keeps its factors and optimizer state (selected, not recomputed).
+  The rule is evaluated at the current factors (their loss, and whether their
+  gradient is finite) before the update; a run that is not RUNNING afterwards
+  takes a zero update (adding 0 leaves its factors unchanged) and keeps its
+  optimizer state (selected, not recomputed).
   """
   hp = state.hp
   loss, grads = jax.value_and_grad(functools.partial(_loss, cfg, state.problem))(state.factors)
-  updates, opt_state = _optimizer(cfg, hp).update(grads, state.opt_state, state.factors)
-  new_factors = optax.apply_updates(state.factors, updates)
-
   running = state.status == RUNNING
-  status = stop_status(hp, loss, state.initial_loss, state.step, _all_finite(new_factors))
+  status = stop_status(hp, loss, state.initial_loss, state.step, _finite_gradient(grads))
   status = jnp.where(running, status, state.status).astype(jnp.int32)
   apply = status == RUNNING
-  keep = lambda new, old: jax.tree_util.tree_map(
-      lambda a, b: jnp.where(apply, a, b), new, old)
+  updates, opt_state = _optimizer(cfg, hp).update(grads, state.opt_state, state.factors)
+  # A per-run scalar select inside the update's own elementwise pass: no
+  # separate pass over the factors to keep a stopped run's values.
+  updates = jax.tree_util.tree_map(lambda u: jnp.where(apply, u, jnp.zeros_like(u)), updates)
   return dataclasses.replace(
-      state, factors=keep(new_factors, state.factors),
-      opt_state=keep(opt_state, state.opt_state),
+      state, factors=optax.apply_updates(state.factors, updates),
+      opt_state=jax.tree_util.tree_map(lambda a, b: jnp.where(apply, a, b), opt_state,
+                                       state.opt_state),
       step=state.step + apply.astype(jnp.int32), status=status,
       loss=jnp.where(running, loss, state.loss))
 

@@ -302,6 +302,8 @@ def _check_sweep_fields(spec: Spec) -> None:
                     "`dmfjax sweep`, or dmfjax.sweep.run_search(spec, out)")
   for name in ("chunk_steps", "max_batch"):
     value = getattr(spec, name)
+    if value is None and fields.BY_NAME[name].nullable:
+      continue
     if not _is_int(value) or value < 1:
       raise SpecError(f"{name}: must be an integer >= 1, got {value!r}")
   if not isinstance(spec.name, str) or not spec.name:

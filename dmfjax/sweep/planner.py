@@ -10,7 +10,9 @@
    most a cache-sized working set each (:data:`CPU_BATCH_BYTES`).
 4. Each factorization group gets its chunk length (:func:`plan_chunks`): its
    longest budget cut into equal chunks of at most the spec's
-   ``chunk_steps``, so that a short sweep executes no more steps than it needs.
+   ``chunk_steps`` (by default ~1/40 of that budget, at most 5,000 steps), so
+   that a short sweep executes no more steps than it needs and runs that stop
+   early waste little.
 
 Nothing here compiles or runs JAX code; :func:`describe` is the ``--dry_run``
 text.
@@ -32,7 +34,7 @@ from dmfjax import spec as spec_lib
 from dmfjax.core import datafiles, models, optimizers, train
 from dmfjax.errors import FlagError, ResourceError
 from dmfjax.fields import STATIC_FIELDS
-from dmfjax.sweep.batching import chunk_periods, padded
+from dmfjax.sweep.batching import chunk_periods, chunk_target, padded
 
 _N_OBS, _MAX_STEPS = operator.itemgetter("n_obs"), operator.itemgetter("max_steps")
 
@@ -118,7 +120,7 @@ class Plan:
     finished: run_ids already committed.
     num_devices, memory_budget, workers: where and how it runs.
     problems: messages about skipped results files.
-    chunk_steps: steps per compiled chunk (the spec's).
+    chunk_steps: the spec's ``chunk_steps`` (None: automatic, per group).
     stats: end-of-sweep figures, filled in by ``sweep.run_sweep``.
   """
   runs: list
@@ -129,7 +131,7 @@ class Plan:
   memory_budget: int
   problems: list
   workers: int = 1
-  chunk_steps: int = 5000
+  chunk_steps: Optional[int] = None
   stats: dict = dataclasses.field(default_factory=dict)
 
   def batches(self) -> list[tuple[Group, list[dict]]]:
@@ -298,12 +300,13 @@ def plan(spec: spec_lib.Spec, out, num_shards: int = 1, shard_index: int = 0,
               workers=workers, chunk_steps=spec.chunk_steps)
 
 
-def plan_chunks(g: Group, chunk_steps: int) -> None:
+def plan_chunks(g: Group, chunk_steps: Optional[int]) -> None:
   """Sets a factorization group's chunk: ``num_logs`` periods of ``log_every``.
 
   The chunk is ``batching.chunk_periods`` of the group's longest budget B
   (a run never takes more than B steps): equal chunks of at most
-  ``chunk_steps`` steps covering B. When B < ``log_every`` the group's config
+  ``chunk_steps`` steps covering B (None: ``batching.chunk_target``'s
+  automatic length, ~B / 40 and at most 5,000). When B < ``log_every`` the group's config
   logs every B steps instead: its runs log the same rows (step 0 and the
   step they stopped at, a stopped run's state is frozen) and a chunk is B
   steps, not ``log_every``. Chunk lengths differ only between groups, which
@@ -314,7 +317,8 @@ def plan_chunks(g: Group, chunk_steps: int) -> None:
   budget = max(map(_MAX_STEPS, g.runs))
   if budget < g.config.log_every:
     g.config = dataclasses.replace(g.config, log_every=budget)
-  g.num_logs, _ = chunk_periods(budget, g.config.log_every, chunk_steps)
+  target = chunk_target(budget, g.config.log_every, chunk_steps)
+  g.num_logs, _ = chunk_periods(budget, g.config.log_every, target)
 
 
 def describe(p: Plan, spec: spec_lib.Spec) -> str:

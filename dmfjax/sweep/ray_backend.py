@@ -61,7 +61,7 @@ import copy
 import dataclasses
 import os
 import time
-from typing import Any
+from typing import Any, Optional
 
 import dmfjax.sweep.workers as workers_lib
 from dmfjax.errors import BackendError
@@ -156,7 +156,7 @@ def task_devices() -> dict | None:
 @dataclasses.dataclass(frozen=True)
 class TaskContext:
   """What every task of a sweep needs besides its batch (one object per sweep)."""
-  chunk_steps: int
+  chunk_steps: Optional[int]
   num_devices: int
   memory_budget: int
   repack: bool

@@ -309,6 +309,28 @@ def test_nan_loss_is_diverged_and_frozen():
   np.testing.assert_array_equal(new.factors[0], state.factors[0])
 
 
+def test_overflowing_gradient_is_diverged_and_frozen():
+  """A finite loss whose gradient overflows (an unbalanced factorization)
+  stops the run before the update, at its finite factors."""
+  cfg = train.RunConfig(problem="completion", n_rows=1, n_cols=1, rank=1, n_obs=1,
+                        depth=2, optimizer="gd")
+  problem = problems.CompletionProblem(mask=jnp.ones((1, 1)), target=jnp.full((1, 1), 0.5),
+                                       count=jnp.asarray(1.0))
+  factors = (jnp.asarray([[1e-20]]), jnp.asarray([[1e20]]))  # W = 1, loss 0.25
+  hp = train.Hyperparams.make(lr=0.1, stop_loss=0.0, max_steps=100)
+  loss = problem.loss(models.end_to_end(factors))
+  state = train.RunState(factors=factors, opt_state=train._optimizer(cfg, hp).init(factors),
+                         problem=problem, hp=hp, step=jnp.asarray(0, jnp.int32),
+                         status=jnp.asarray(train.RUNNING, jnp.int32), loss=loss,
+                         initial_loss=loss)
+  # d loss / d W_1 = W_2 * 2 (W - 0.5) = 1e20: finite, but its square is not.
+  assert np.isfinite(float(loss)) and not np.isfinite(np.float32(1e20) ** 2)
+  new = train.step(cfg, state)
+  assert int(new.status) == train.DIVERGED and int(new.step) == 0
+  for a, b in zip(new.factors, factors):
+    np.testing.assert_array_equal(a, b)
+
+
 def test_loss_equal_to_stop_loss_is_converged():
   cfg, state = _hand_state()
   cfg, state = _hand_state(stop_loss=float(state.loss))  # exactly l(W) = 0.25

@@ -16,7 +16,7 @@ from sweep_helpers import TINY_SPEC
 from dmfjax import results
 from dmfjax import spec as spec_lib
 from dmfjax.sweep import planner, run_sweep
-from dmfjax.sweep.batching import chunk_periods
+from dmfjax.sweep.batching import chunk_periods, chunk_target
 
 
 @pytest.mark.parametrize("budget,period,target,expected", [
@@ -30,6 +30,17 @@ from dmfjax.sweep.batching import chunk_periods
 ])
 def test_chunk_periods(budget, period, target, expected):
   assert chunk_periods(budget, period, target) == expected
+
+
+@pytest.mark.parametrize("budget,period,chunk_steps,expected", [
+    (60000, 500, None, 1500),        # the quick start: 1/40 of the budget
+    (40000, 20, None, 1000),         # gissin_incremental
+    (1_000_000, 1000, None, 5000),   # long budgets: at most 5,000
+    (2000, 500, None, 500),          # never below one log period
+    (60000, 500, 40000, 40000),      # an explicit chunk_steps is the target
+])
+def test_chunk_target(budget, period, chunk_steps, expected):
+  assert chunk_target(budget, period, chunk_steps) == expected
 
 
 def test_chunk_periods_cover_the_budget_within_ten_percent():
@@ -65,7 +76,10 @@ def test_shipped_specs_waste_no_chunk():
       budget = max(r["max_steps"] for r in g.runs)
       period = g.config.log_every
       chunk = g.num_logs * period
-      assert period <= max(budget, 1) and chunk <= max(spec.chunk_steps, period), label
+      target = chunk_target(budget, period, spec.chunk_steps)
+      assert period <= max(budget, 1) and chunk <= max(target, period), label
+      if spec.chunk_steps is None:  # automatic: ~1/40 of the budget, whole periods
+        assert chunk <= max(period, math.ceil(budget / 40 / period) * period), label
       executed = math.ceil(budget / chunk) * chunk
       assert executed <= max(1.1 * budget, budget + period), (label, g.label, chunk)
       checked += 1

@@ -120,7 +120,6 @@ class Plan:
     finished: run_ids already committed.
     num_devices, memory_budget, workers: where and how it runs.
     problems: messages about skipped results files.
-    chunk_steps: the spec's ``chunk_steps`` (None: automatic, per group).
     stats: end-of-sweep figures, filled in by ``sweep.run_sweep``.
   """
   runs: list
@@ -131,7 +130,6 @@ class Plan:
   memory_budget: int
   problems: list
   workers: int = 1
-  chunk_steps: Optional[int] = None
   stats: dict = dataclasses.field(default_factory=dict)
 
   def batches(self) -> list[tuple[Group, list[dict]]]:
@@ -297,7 +295,7 @@ def plan(spec: spec_lib.Spec, out, num_shards: int = 1, shard_index: int = 0,
     plan_chunks(g, spec.chunk_steps)
   return Plan(runs=runs, todo=todo, groups=list(groups.values()), finished=finished,
               num_devices=num_devices, memory_budget=memory_budget, problems=problems,
-              workers=workers, chunk_steps=spec.chunk_steps)
+              workers=workers)
 
 
 def plan_chunks(g: Group, chunk_steps: Optional[int]) -> None:

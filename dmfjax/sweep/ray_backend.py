@@ -61,7 +61,7 @@ import copy
 import dataclasses
 import os
 import time
-from typing import Any, Optional
+from typing import Any
 
 import dmfjax.sweep.workers as workers_lib
 from dmfjax.errors import BackendError
@@ -156,7 +156,6 @@ def task_devices() -> dict | None:
 @dataclasses.dataclass(frozen=True)
 class TaskContext:
   """What every task of a sweep needs besides its batch (one object per sweep)."""
-  chunk_steps: Optional[int]
   num_devices: int
   memory_budget: int
   repack: bool
@@ -242,8 +241,7 @@ def _batch_task(context: TaskContext, group, index: int) -> TaskResult:
   prog = progress.ForwardedProgress(lambda kind, payload=None: events.append((kind, payload)))
   plan = planner.Plan(runs=[], todo=[], groups=[], finished=set(),
                       num_devices=min(context.num_devices, len(jax.local_devices())),
-                      memory_budget=context.memory_budget, problems=[],
-                      chunk_steps=context.chunk_steps)
+                      memory_budget=context.memory_budget, problems=[])
   collector = _Collector()
   checkpointing = context.checkpointing or executor.Checkpointing(None)
   stopper, checkpoints = checkpointing.make(f"{context.tag}-{os.getpid()}")  # who wrote it
@@ -304,7 +302,7 @@ def _execute(ray, executor, checkpointing=None) -> None:
       max_retries=MAX_RETRIES, retry_exceptions=False,
       runtime_env={"env_vars": dict(env, JAX_COMPILATION_CACHE_DIR=cache)})
   stop_flag = ray.remote(_StopFlag).options(num_cpus=0).remote()
-  context = ray.put(TaskContext(chunk_steps=p.chunk_steps, num_devices=p.num_devices,
+  context = ray.put(TaskContext(num_devices=p.num_devices,
                                 memory_budget=p.memory_budget, repack=executor.repack,
                                 compile_cache=cache, environment=env,
                                 checkpointing=checkpointing, tag=f"{executor.writer.tag}-ray",
